@@ -1,0 +1,117 @@
+"""FEFF pipeline: a real FEFF10 run on a tiny cluster, grid/normalisation, runner resume and failures."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from xanes_utils import feff
+from xanes_utils.elements import E_START, UnsupportedElementError, energy_grid
+from xanes_utils.feff import FeffRunError, FeffSettings, Job, compute_spectrum, generate, pending, to_grid
+from xanes_utils.io import read_json
+from xanes_utils.structures import StructureError
+
+TINY = FeffSettings(scf_radius=2.2, fms_radius=2.5, cluster_margin=0.3, xanes_kmax=3.0)
+
+
+def rocksalt(metal: str = "Ni", a: float = 4.17) -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), [metal, "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_real_feff_run_on_tiny_cluster():
+    result = compute_spectrum(rocksalt(), 0, TINY)
+    y = np.asarray(result["y"])
+    assert np.allclose(result["x"], energy_grid("Ni"))
+    assert y.shape == (111,)
+    # FEFF's first energy lies above E_start, so the grid starts with zeros; then an edge, ending near 1.
+    first = np.argmax(y > 0)
+    assert first > 0 and np.all(y[:first] == 0)
+    assert result["raw_energy"][0] > E_START["Ni"]
+    assert 0.7 < y[-1] < 1.3
+    assert y.max() > y[first]  # a rising edge, not a flat line
+    assert result["settings"] == dataclasses.asdict(TINY)
+
+
+def test_to_grid_interpolates_zero_fills_and_holds():
+    grid = energy_grid("Fe")
+    energy = np.linspace(grid[10], grid[-20], 200)
+    mu = (energy - energy[0]) / (energy[-1] - energy[0])
+    x, y = to_grid(energy, mu, "Fe")
+    assert np.allclose(x, grid)
+    assert np.all(y[:10] == 0)
+    assert y[10] == pytest.approx(0.0)
+    assert y[50] == pytest.approx((grid[50] - energy[0]) / (energy[-1] - energy[0]))
+    assert np.all(y[-19:] == pytest.approx(1.0))
+
+
+@pytest.mark.parametrize("energy, mu, message", [
+    ([7120.0, 7110.0, 7200.0], [0, 1, 1], "increasing"),
+    ([7120.0, 7130.0, 7200.0], [0, np.nan, 1], "NaN"),
+    ([7120.0, 7125.0, 7130.0], [0, 1, 1], "midpoint"),
+])
+def test_to_grid_rejects_bad_spectra(energy, mu, message):
+    with pytest.raises(ValueError, match=message):
+        to_grid(np.array(energy), np.array(mu), "Fe")
+
+
+def test_unsupported_element_and_no_absorber_errors(tmp_path):
+    with pytest.raises(UnsupportedElementError, match="Hf"):
+        energy_grid("Hf")
+    salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+    with pytest.raises(StructureError, match="no supported transition-metal absorber"):
+        feff.write_inputs(salt, 0, tmp_path)
+    hf = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.5), ["Hf", "Ni"], [[0, 0, 0], [0.5] * 3])
+    with pytest.raises(UnsupportedElementError, match="Hf"):
+        feff.write_inputs(hf, 0, tmp_path)
+
+
+def test_disordered_structure_error(tmp_path):
+    s = rocksalt()
+    s.replace_species({"Ni": {"Ni": 0.5, "Co": 0.5}})
+    with pytest.raises(StructureError, match="disordered"):
+        compute_spectrum(s, 0, TINY)
+
+
+def test_feff_failure_is_reported_with_reason(tmp_path):
+    (tmp_path / "feff.inp").write_text("TITLE broken\nPOTENTIALS\n 0 28 Ni\nATOMS\nEND\n")
+    with pytest.raises(FeffRunError, match=str(tmp_path)):
+        feff.run_feff(tmp_path)
+
+
+def _fake_compute(structure, site, settings, stage_timeout, workdir=None):
+    if site == 4:
+        raise FeffRunError("SCF pot stage: negative density")
+    x, y = to_grid(np.linspace(8340, 8400, 61), np.linspace(0, 1, 61), "Ni")
+    return {"x": x.tolist(), "y": y.tolist(), "raw_energy": [], "raw_mu": [], "settings": {},
+            "retried": False, "seconds": 0.0}
+
+
+def test_runner_on_dask_local_cluster_survives_failures_and_resumes(tmp_path, monkeypatch):
+    from distributed import Client, LocalCluster
+
+    monkeypatch.setattr(feff, "compute_spectrum", _fake_compute)
+    structures = {"nio": rocksalt().as_dict()}
+    jobs = [Job("nio", 0, "Ni"), Job("nio", 4, "Ni")]
+    # A leftover temporary file from a killed writer must not count as a finished spectrum.
+    (tmp_path / "Ni").mkdir()
+    (tmp_path / "Ni" / f".{jobs[0].id}.json.gz.123.tmp").write_bytes(b"partial")
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        counts = generate(jobs, structures, tmp_path, scheduler=client)
+    assert counts == {"done": 1, "failed": 1, "skipped": 0}
+    done = read_json(tmp_path / "Ni" / f"{jobs[0].id}.json.gz")
+    assert done["absorbing_index"] == 0 and len(done["y"]) == 111
+    failed = read_json(tmp_path / "failed" / f"{jobs[1].id}.json")
+    assert "negative density" in failed["reason"]
+    assert pending(jobs, tmp_path) == []
+    assert generate(jobs, structures, tmp_path, workers=1) == {"done": 0, "failed": 0, "skipped": 2}
+
+
+def test_safer_settings_change_scf_only():
+    safer = TINY.safer()
+    assert safer.scf_mixing < TINY.scf_mixing and safer.fms_radius == TINY.fms_radius
+    no_scf = FeffSettings(scf_radius=0).tags()
+    assert "SCF" not in no_scf and "SCF" in no_scf["_del"]
+    assert FeffSettings().tags()["SCF"].startswith("3.0 ")

@@ -1,0 +1,215 @@
+"""Crystal structures for the embedded dataset: packaged prototypes plus charge- and radius-aware substitution.
+
+Sources are structures shipped inside installed packages (no downloads):
+
+* pymatgen's AFLOW prototype library (288 ordered structures);
+* robocrys' mineral database, when robocrys is installed (optional extra ``generate``).
+
+Every transition-metal (or other metal) site type of a source structure may be replaced by one of the
+20 absorbing elements. A substitution is kept only when it is chemically sensible:
+
+* ionic structures (an oxidation-state assignment exists): the new element must take the same
+  oxidation state (commonly or in the ICSD), so the formula stays charge balanced, and its Shannon
+  radius must lie within ``RADIUS_TOLERANCE`` of the replaced ion's;
+* metallic structures (no assignment): the atomic radii must lie within the same tolerance.
+
+The cell volume is rescaled by the ratio of summed ionic (or atomic) volumes before and after, and the
+result is deduplicated with :class:`pymatgen.analysis.structure_matcher.StructureMatcher`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.util import find_spec
+
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Element, Species, Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+from xanes_utils.elements import ELEMENTS
+
+log = logging.getLogger(__name__)
+
+#: Largest relative difference of ionic (or atomic) radii accepted for a substitution.
+RADIUS_TOLERANCE = 0.30
+#: Largest cell (sites) kept: FEFF only needs the local cluster, but symmetry analysis grows with size.
+MAX_SITES = 64
+
+
+class StructureError(ValueError):
+    """A structure that cannot be used: disordered, no supported absorber, unreadable."""
+
+
+@dataclass
+class SourceStructure:
+    """A structure with its provenance: ``source`` names the prototype/mineral and the substitution."""
+
+    id: str
+    structure: Structure
+    source: dict = field(default_factory=dict)
+
+
+def _aflow_path() -> str:
+    spec = find_spec("pymatgen.analysis.prototypes")
+    return os.path.join(os.path.dirname(spec.origin), "aflow_prototypes.json.gz")
+
+
+def aflow_prototypes() -> list[SourceStructure]:
+    """Ordered structures of pymatgen's AFLOW prototype library, with their AFLOW labels."""
+    from monty.serialization import loadfn
+
+    out = []
+    for entry in loadfn(_aflow_path()):
+        structure = entry["snl"].structure
+        tags = entry["tags"]
+        if not structure.is_ordered:
+            continue
+        out.append(SourceStructure(
+            id=f"aflow-{tags['aflow']}",
+            structure=structure,
+            source={"library": "aflow", "prototype": tags["aflow"], "mineral": tags.get("mineral", "")},
+        ))
+    return out
+
+
+def robocrys_minerals() -> list[SourceStructure]:
+    """Ordered structures of robocrys' mineral database (empty if robocrys is not installed)."""
+    spec = find_spec("robocrys")
+    if spec is None:
+        log.info("robocrys is not installed: mineral database skipped")
+        return []
+    path = os.path.join(os.path.dirname(spec.origin), "condense", "mineral_db.json.gz")
+    with gzip.open(path, "rt") as fh:
+        data = json.load(fh)
+    out = []
+    for i, row in enumerate(data):
+        structure = Structure.from_dict(row["structure"])
+        if structure.is_ordered:
+            name = str(row.get("mineral", f"mineral{i}")).replace(" ", "_")
+            out.append(SourceStructure(id=f"mineral-{name}-{i}", structure=structure,
+                                       source={"library": "robocrys", "mineral": name}))
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _radius(element: str, oxidation: int | None) -> float | None:
+    """Shannon ionic radius for an oxidation state, or the atomic radius for ``None`` (Å)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if oxidation is None:
+            r = Element(element).atomic_radius
+        else:
+            r = Species(element, oxidation).ionic_radius
+    return float(r) if r is not None else None
+
+
+@lru_cache(maxsize=4096)
+def _allowed_oxidation_states(element: str) -> frozenset[int]:
+    el = Element(element)
+    return frozenset(el.common_oxidation_states) | frozenset(el.icsd_oxidation_states or ())
+
+
+def oxidation_states(structure: Structure) -> dict[str, int] | None:
+    """Most likely integer oxidation state per element, or ``None`` for a metallic/intermetallic cell."""
+    if all(el.is_metal for el in structure.composition.elements):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        guesses = structure.composition.oxi_state_guesses(max_sites=-50)
+    if not guesses:
+        return None
+    return {el: int(round(q)) for el, q in guesses[0].items()}
+
+
+def _summed_volume(structure: Structure, oxi: dict[str, int] | None, swap: dict[str, str]) -> float | None:
+    total = 0.0
+    for el, amount in structure.composition.element_composition.items():
+        name = swap.get(el.symbol, el.symbol)
+        r = _radius(name, None if oxi is None else oxi[el.symbol])
+        if r is None:
+            return None
+        total += amount * r**3
+    return total
+
+
+def substitute(src: SourceStructure, old: str, new: str) -> SourceStructure | None:
+    """Replace every ``old`` site of ``src`` by ``new`` if charge and radius allow it (else ``None``).
+
+    The volume is rescaled by the ratio of summed cubed radii; the substitution is recorded in ``source``.
+    """
+    oxi = oxidation_states(src.structure)
+    q = None if oxi is None else oxi[old]
+    if q is not None and q not in _allowed_oxidation_states(new):
+        return None
+    r_old, r_new = _radius(old, q), _radius(new, q)
+    if r_old is None or r_new is None or abs(r_new - r_old) / r_old > RADIUS_TOLERANCE:
+        return None
+    v_old = _summed_volume(src.structure, oxi, {})
+    v_new = _summed_volume(src.structure, oxi, {old: new})
+    if not v_old or not v_new:
+        return None
+    structure = src.structure.copy()
+    structure.replace_species({old: new})
+    structure.scale_lattice(structure.volume * v_new / v_old)
+    source = dict(src.source, substitution={"from": old, "to": new, "oxidation_state": q})
+    return SourceStructure(id=f"{src.id}-{old}to{new}", structure=structure, source=source)
+
+
+def supported_absorbers(structure: Structure) -> list[str]:
+    """The supported absorbing elements present in ``structure``."""
+    present = {el.symbol for el in structure.composition.elements}
+    return [el for el in ELEMENTS if el in present]
+
+
+def distinct_sites(structure: Structure, element: str, symprec: float = 0.01) -> list[int]:
+    """Indices of one representative site per symmetry-equivalent set of ``element`` sites."""
+    sym = SpacegroupAnalyzer(structure, symprec=symprec).get_symmetrized_structure()
+    return sorted(group[0] for group in sym.equivalent_indices if structure[group[0]].specie.symbol == element)
+
+
+def check_structure(structure: Structure, name: str = "structure") -> None:
+    """Raise :class:`StructureError` for a disordered structure or one without a supported absorber."""
+    if not structure.is_ordered:
+        raise StructureError(f"{name}: disordered structure (partial occupancies) is not supported")
+    if not supported_absorbers(structure):
+        present = ", ".join(sorted(el.symbol for el in structure.composition.elements))
+        raise StructureError(f"{name}: no supported transition-metal absorber (elements: {present}); "
+                             f"supported: {', '.join(ELEMENTS)}")
+
+
+def build_library(include_minerals: bool = True, max_sites: int = MAX_SITES) -> list[SourceStructure]:
+    """All source structures plus their sensible substitutions, deduplicated, each with an absorber."""
+    sources = aflow_prototypes() + (robocrys_minerals() if include_minerals else [])
+    sources = [s for s in sources if len(s.structure) <= max_sites]
+    candidates: list[SourceStructure] = []
+    for src in sources:
+        candidates.append(src)
+        metals = [el.symbol for el in src.structure.composition.elements if el.is_metal]
+        for old in metals:
+            for new in ELEMENTS:
+                if new != old and new not in {e.symbol for e in src.structure.composition.elements}:
+                    sub = substitute(src, old, new)
+                    if sub is not None:
+                        candidates.append(sub)
+    candidates = [c for c in candidates if supported_absorbers(c.structure)]
+    return deduplicate(candidates)
+
+
+def deduplicate(items: list[SourceStructure]) -> list[SourceStructure]:
+    """Drop structures that StructureMatcher finds equivalent to an earlier one (first kept)."""
+    matcher = StructureMatcher()
+    by_formula: dict[str, list[SourceStructure]] = {}
+    for item in items:
+        by_formula.setdefault(item.structure.composition.reduced_formula, []).append(item)
+    kept_ids = set()
+    for group in by_formula.values():
+        for cluster in matcher.group_structures([g.structure for g in group]):
+            first = next(g for g in group if g.structure is cluster[0])
+            kept_ids.add(first.id)
+    return [item for item in items if item.id in kept_ids]
