@@ -180,15 +180,16 @@ def compute_spectrum(structure: Structure, site: int, settings: FeffSettings = D
                      stage_timeout: float | None = None, workdir: str | Path | None = None) -> dict:
     """FEFF K-edge XANES of one site; retry once with :meth:`FeffSettings.safer` on failure.
 
-    Returns a dict with the grid spectrum, FEFF's raw (energy, mu), settings used and seconds taken.
+    Returns a dict with the grid spectrum, FEFF's raw (energy, mu), the settings used and the seconds
+    taken by all attempts.
     """
     check_structure(structure)
     element = check_element(structure[site].specie.symbol)
     attempts = [settings, settings.safer()]
     errors = []
+    start = time.perf_counter()
     for attempt, used in enumerate(attempts):
         tmp = tempfile.mkdtemp(prefix=f"feff-{element}-{site}-", dir=workdir)
-        start = time.perf_counter()
         try:
             write_inputs(structure, site, tmp, used)
             energy, mu = run_feff(tmp, stage_timeout)

@@ -1,0 +1,63 @@
+"""Packing FEFF records into the dataset file, checksummed loading, corrupt-file detection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from xanes_utils.dataset import load_dataset, pack
+from xanes_utils.elements import energy_grid
+from xanes_utils.feff import Job, _done_path
+from xanes_utils.io import CorruptFileError, atomic_write_json, read_json
+
+
+def _write_run(runs, structure_id, site, element, structure):
+    job = Job(structure_id, site, element)
+    grid = energy_grid(element)
+    atomic_write_json(_done_path(runs, job), {
+        "id": job.id, "structure_id": structure_id, "absorbing_index": site, "absorbing_element": element,
+        "edge": "K", "spectrum_type": "XANES", "structure": structure.as_dict(), "x": grid.tolist(),
+        "y": np.linspace(0, 1, 111).tolist(), "raw_energy": [], "raw_mu": [], "settings": {"scf_radius": 3.0},
+        "retried": False, "seconds": 12.5})
+    return job
+
+
+@pytest.fixture
+def packed(tmp_path):
+    def rocksalt(metal, a):
+        return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), [metal, "O"], [[0, 0, 0], [0.5] * 3])
+
+    runs = tmp_path / "runs"
+    _write_run(runs, "nio", 0, "Ni", rocksalt("Ni", 4.17))
+    _write_run(runs, "feo", 0, "Fe", rocksalt("Fe", 4.3))
+    plan = tmp_path / "plan.json.gz"
+    atomic_write_json(plan, {"sources": {"nio": {"library": "test"}}})
+    out = tmp_path / "ds.json.gz"
+    manifest = pack(runs, out, plan)
+    return out, manifest
+
+
+def test_pack_and_load_roundtrip(packed):
+    out, manifest = packed
+    assert manifest["n_spectra"] == 2 and manifest["counts"]["Ni"] == 1 and manifest["counts"]["Fe"] == 1
+    assert manifest["counts"]["Zn"] == 0
+    records = load_dataset(out)
+    assert [r.id for r in records] == sorted(r.id for r in records)
+    ni = next(r for r in records if r.element == "Ni")
+    assert ni.site == 0 and ni.structure.composition.reduced_formula == "NiO"
+    assert np.allclose(ni.energy, energy_grid("Ni")) and ni.mu.shape == (111,)
+    assert ni.source == {"library": "test"}
+    xas = ni.to_xas()
+    assert str(xas.absorbing_element) == "Ni" and xas.edge == "K"
+
+
+def test_corrupt_dataset_is_detected(packed):
+    out, _ = packed
+    data = bytearray(out.read_bytes())
+    data[-5] ^= 0xFF
+    out.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match="SHA-256"):
+        load_dataset(out)
+    with pytest.raises(CorruptFileError, match="corrupt"):
+        read_json(out)

@@ -1,0 +1,221 @@
+"""Training: AdamW + L1 loss, best-validation checkpoint, seeded splits and runs, mixed or single element.
+
+Checkpoints are plain dicts of tensors and primitive types, so they load with
+``torch.load(..., weights_only=True)`` (no code is unpickled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
+
+from xanes_utils.dataset import DATA_DIR
+from xanes_utils.elements import E_START, N_POINTS, STEP_EV
+from xanes_utils.io import atomic_write_bytes
+from xanes_utils.model import ModelConfig, XanesGAT
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = DATA_DIR / "models" / "family_bucket.pt"
+CHECKPOINT_FORMAT = "xanes-family-bucket-checkpoint/1"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (the paper's: AdamW lr 1e-4, weight decay 1e-3, batch 160, 800 epochs)."""
+
+    epochs: int = 800
+    batch_size: int = 160
+    lr: float = 1e-4
+    weight_decay: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+
+    def resolved_device(self) -> torch.device:
+        """``auto`` picks CUDA when present, else the CPU."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+@dataclass
+class History:
+    """Per-epoch losses (mean L1 over graphs) and cumulative wall time in seconds."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def split_indices(groups: Sequence[str], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                  seed: int = 0, by: str = "material") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train/validation/test indices.
+
+    ``by="material"`` (default) keeps every site of one material (``groups[i]``) in one split, so no
+    structure straddles train and test; ``by="spectrum"`` is the paper's random split of spectra.
+    """
+    if by not in ("material", "spectrum"):
+        raise ValueError(f"split by must be 'material' or 'spectrum', not {by!r}")
+    rng = np.random.default_rng(seed)
+    keys = np.asarray(groups) if by == "material" else np.arange(len(groups)).astype(str)
+    unique = np.array(sorted(set(keys.tolist())))
+    order = unique[rng.permutation(len(unique))]
+    n_train = int(round(fractions[0] * len(order)))
+    n_val = int(round(fractions[1] * len(order)))
+    where = {k: 0 for k in order[:n_train]} | {k: 1 for k in order[n_train:n_train + n_val]}
+    part = np.array([where.get(k, 2) for k in keys])
+    return tuple(np.flatnonzero(part == i) for i in range(3))  # type: ignore[return-value]
+
+
+def select_elements(graphs: Sequence[Data], elements: Sequence[str] | None) -> list[Data]:
+    """Graphs whose absorber is in ``elements`` (all graphs for ``None``: mixed training)."""
+    return list(graphs) if elements is None else [g for g in graphs if g.element in set(elements)]
+
+
+def stack_targets(graphs: Sequence[Data]) -> np.ndarray:
+    """Targets of ``graphs`` as an array [n, 111]."""
+    return torch.cat([g.y for g in graphs]).numpy()
+
+
+@torch.no_grad()
+def predict_graphs(model: XanesGAT, graphs: Sequence[Data], batch_size: int = 512) -> np.ndarray:
+    """Model spectra [n, 111] for ``graphs`` in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs = [model(b.to(device)).cpu() for b in DataLoader(list(graphs), batch_size=batch_size)]
+    return torch.cat(outs).numpy() if outs else np.zeros((0, model.config.out_dim), np.float32)
+
+
+@torch.no_grad()
+def _mean_l1(model: XanesGAT, graphs: Sequence[Data], batch_size: int) -> float:
+    pred = predict_graphs(model, graphs, batch_size)
+    return float(np.mean(np.abs(pred - stack_targets(graphs))))
+
+
+def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config: ModelConfig,
+          config: TrainConfig | None = None, progress: bool = True,
+          target_val_loss: float | None = None) -> tuple[XanesGAT, History]:
+    """Train a fresh model; return it with the best-validation weights loaded, and its history.
+
+    With ``target_val_loss`` training stops at the first epoch whose validation L1 reaches it (used to
+    measure time to a given accuracy).
+    """
+    from tqdm.auto import tqdm
+
+    config = config or TrainConfig()
+    if not train_graphs or not val_graphs:
+        raise ValueError("training needs at least one training and one validation graph")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    device = config.resolved_device()
+    model = XanesGAT(model_config).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = DataLoader(list(train_graphs), batch_size=config.batch_size, shuffle=True, generator=generator,
+                        drop_last=len(train_graphs) > config.batch_size)
+    history, best, start = History(), None, time.perf_counter()
+    bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        total, count = 0.0, 0
+        for batch in loader:
+            batch = batch.to(device)
+            optimiser.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.l1_loss(model(batch), batch.y)
+            loss.backward()
+            optimiser.step()
+            total, count = total + loss.item() * batch.num_graphs, count + batch.num_graphs
+        val = _mean_l1(model, val_graphs, 4 * config.batch_size)
+        history.train_loss.append(total / count)
+        history.val_loss.append(val)
+        history.seconds.append(time.perf_counter() - start)
+        if best is None or val < history.val_loss[history.best_epoch]:
+            history.best_epoch = epoch
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        bar.set_postfix(train=f"{total / count:.4f}", val=f"{val:.4f}")
+        if target_val_loss is not None and val <= target_val_loss:
+            break
+    model.load_state_dict(best)
+    model.eval()
+    log.info("trained %d epochs in %.1f s; best validation L1 %.4f at epoch %d", len(history.val_loss),
+             history.seconds[-1], history.val_loss[history.best_epoch], history.best_epoch)
+    return model, history
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for pkg in ("torch-geometric", "pymatgen", "feff10-rs", "xanes-family-bucket"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def save_checkpoint(path: str | Path, model: XanesGAT, train_config: TrainConfig | None = None,
+                    metrics: dict | None = None, history: History | None = None, extra: dict | None = None
+                    ) -> None:
+    """Save weights with model/training config, energy grid definition, versions and metrics."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": model.config.to_dict(),
+        "train_config": dataclasses.asdict(train_config) if train_config else {},
+        "grid": {"e_start": dict(E_START), "step_ev": STEP_EV, "n_points": N_POINTS},
+        "versions": _versions(),
+        "metrics": metrics or {},
+        "history": history.as_dict() if history else {},
+        "extra": extra or {},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path | None = None) -> dict:
+    """Load a checkpoint dict safely (``weights_only=True``: no code is unpickled)."""
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: model checkpoint not found (train one with notebooks/02_training)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ValueError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+    return payload
+
+
+def load_model(path: str | Path | None = None, device: str = "cpu") -> XanesGAT:
+    """The model of a checkpoint (``None``: the committed default trained on the embedded data)."""
+    payload = load_checkpoint(path)
+    model = XanesGAT(ModelConfig.from_dict(payload["model_config"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval()
