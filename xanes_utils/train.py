@@ -59,6 +59,7 @@ class History:
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    val_by_element: dict[str, list[float]] = field(default_factory=dict)
     best_epoch: int = -1
 
     def as_dict(self) -> dict:
@@ -112,10 +113,11 @@ def predict_graphs(model: XanesGAT, graphs: Sequence[Data], batch_size: int = 51
     return torch.cat(outs).numpy() if outs else np.zeros((0, model.config.out_dim), np.float32)
 
 
-@torch.no_grad()
-def _mean_l1(model: XanesGAT, graphs: Sequence[Data], batch_size: int) -> float:
-    pred = predict_graphs(model, graphs, batch_size)
-    return float(np.mean(np.abs(pred - stack_targets(graphs))))
+def _l1_by_element(model: XanesGAT, graphs: Sequence[Data], batch_size: int) -> tuple[float, dict[str, float]]:
+    """Mean L1 over ``graphs`` and per absorbing element."""
+    err = np.abs(predict_graphs(model, graphs, batch_size) - stack_targets(graphs)).mean(axis=1)
+    elements = np.array([g.element for g in graphs])
+    return float(err.mean()), {el: float(err[elements == el].mean()) for el in dict.fromkeys(elements.tolist())}
 
 
 def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config: ModelConfig,
@@ -152,9 +154,11 @@ def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config
             loss.backward()
             optimiser.step()
             total, count = total + loss.item() * batch.num_graphs, count + batch.num_graphs
-        val = _mean_l1(model, val_graphs, 4 * config.batch_size)
+        val, per_element = _l1_by_element(model, val_graphs, 4 * config.batch_size)
         history.train_loss.append(total / count)
         history.val_loss.append(val)
+        for el, v in per_element.items():
+            history.val_by_element.setdefault(el, []).append(v)
         history.seconds.append(time.perf_counter() - start)
         if best is None or val < history.val_loss[history.best_epoch]:
             history.best_epoch = epoch

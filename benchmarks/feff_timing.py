@@ -1,0 +1,49 @@
+"""FEFF10 seconds per spectrum, per element, from the finished records of a generation run.
+
+    python benchmarks/feff_timing.py [--runs data/feff_runs]
+
+Each record stores the wall time of its FEFF run(s) on one core (a retry included); this prints a
+markdown table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+
+from xanes_utils.elements import ELEMENTS  # noqa: E402
+from xanes_utils.io import read_json  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", default="data/feff_runs")
+    args = parser.parse_args()
+    runs = Path(args.runs)
+    seconds: dict[str, list[float]] = {}
+    retried = 0
+    for path in runs.glob("*/*.json.gz"):
+        if path.parent.name in ELEMENTS:
+            rec = read_json(path)
+            seconds.setdefault(rec["absorbing_element"], []).append(rec["seconds"])
+            retried += bool(rec["retried"])
+    failed = len(list(runs.glob("failed/*.json")))
+    every = np.concatenate([np.asarray(v) for v in seconds.values()])
+    print(f"Machine: {describe()}\n")
+    print("| element | spectra | median s | mean s | max s |\n|---|---:|---:|---:|---:|")
+    for el in ELEMENTS:
+        if el in seconds:
+            s = np.asarray(seconds[el])
+            print(f"| {el} | {s.size} | {np.median(s):.0f} | {s.mean():.0f} | {s.max():.0f} |")
+    print(f"| all | {every.size} | {np.median(every):.0f} | {every.mean():.0f} | {every.max():.0f} |")
+    print(f"\n{retried} spectra needed the safer-settings retry; {failed} sites failed twice and were skipped.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Run profiles shared by ``run_all.py`` and the notebooks, and where their expensive results are cached.
+
+* ``quick``: minutes on a CPU (CI smoke runs);
+* ``default``: the embedded dataset on a 2-core laptop CPU, about 30 minutes for every notebook;
+* ``paper``: the paper's dimensions and epochs, for a GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "results"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Budgets of one profile; ``model`` names a :class:`xanes_utils.model.ModelConfig` preset."""
+
+    name: str
+    model: str
+    epochs: int
+    single_epochs: int
+    batch_size: int
+    homology_epochs: int
+    seed: int = 0
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile("quick", model="cpu", epochs=15, single_epochs=15, batch_size=64, homology_epochs=5),
+    "default": Profile("default", model="cpu", epochs=150, single_epochs=150, batch_size=64, homology_epochs=40),
+    "paper": Profile("paper", model="paper", epochs=800, single_epochs=800, batch_size=160, homology_epochs=200),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The named profile, with a clear error for an unknown name."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def cache_dir(profile: str, data: str | Path | None = None) -> Path:
+    """Directory of cached results for a profile and dataset (the embedded data when ``data`` is None)."""
+    if data is None:
+        return RESULTS_DIR / profile
+    tag = hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:10]
+    return RESULTS_DIR / f"{profile}-{Path(data).name.split('.')[0]}-{tag}"

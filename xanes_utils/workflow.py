@@ -1,0 +1,102 @@
+"""The steps the notebooks share: load data, build graphs, split, train-or-load cached models.
+
+Expensive results live in ``results/<profile>/`` (see :func:`xanes_utils.profiles.cache_dir`) and are
+reused unless ``retrain`` is set, so plotting never depends on retraining.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from torch_geometric.data import Data
+
+from xanes_utils.dataset import Record, load_dataset
+from xanes_utils.io import atomic_write_json, read_json
+from xanes_utils.model import ModelConfig, XanesGAT
+from xanes_utils.profiles import Profile, cache_dir
+from xanes_utils.train import (
+    DEFAULT_MODEL, History, TrainConfig, load_checkpoint, load_model, save_checkpoint, split_indices, train,
+)
+
+log = logging.getLogger(__name__)
+
+
+def load_records(data: str | Path | None = None) -> list[Record]:
+    """The embedded dataset (``None``) or a user's data in any format :mod:`xanes_utils.data` reads."""
+    if data is None:
+        return load_dataset()
+    from xanes_utils.data import load_any
+
+    return list(load_any(data))
+
+
+@dataclass
+class Prepared:
+    """Records, their graphs and the (grouped-by-material) train/validation/test split."""
+
+    records: list[Record]
+    graphs: list[Data]
+    train: list[int]
+    val: list[int]
+    test: list[int]
+
+    def subset(self, part: str) -> list[Data]:
+        """Graphs of ``part`` ('train', 'val' or 'test')."""
+        return [self.graphs[i] for i in getattr(self, part)]
+
+
+def prepare(profile: Profile, data: str | Path | None = None, split_by: str = "material") -> Prepared:
+    """Load records, build (cached) graphs and split them with the profile's seed."""
+    from xanes_utils.graphs import build_graphs
+
+    records = load_records(data)
+    directory = cache_dir(profile.name, data)
+    graphs = build_graphs(records, cache_path=directory / "graphs.pt")
+    groups = [r.material_id or r.id for r in records]
+    train_idx, val_idx, test_idx = split_indices(groups, seed=profile.seed, by=split_by)
+    return Prepared(records, graphs, train_idx.tolist(), val_idx.tolist(), test_idx.tolist())
+
+
+def model_path(profile: Profile, data: str | Path | None, name: str) -> Path:
+    """Checkpoint path; the mixed model of the default profile on the embedded data is the shipped model."""
+    if name == "mixed" and profile.name == "default" and data is None:
+        return DEFAULT_MODEL
+    return cache_dir(profile.name, data) / "models" / f"{name}.pt"
+
+
+def train_or_load(prep: Prepared, profile: Profile, data: str | Path | None, name: str,
+                  elements: Sequence[str] | None = None, epochs: int | None = None, retrain: bool = False,
+                  progress: bool = True) -> tuple[XanesGAT, History]:
+    """Train on the training split restricted to ``elements`` (all: mixed), or load the cached checkpoint."""
+    path = model_path(profile, data, name)
+    if path.exists() and not retrain:
+        payload = load_checkpoint(path)
+        return load_model(path), History(**payload["history"])
+    keep = set(elements) if elements is not None else None
+    pick = [g for g in prep.subset("train") if keep is None or g.element in keep]
+    val = [g for g in prep.subset("val") if keep is None or g.element in keep]
+    config = TrainConfig(epochs=epochs or profile.epochs, batch_size=profile.batch_size, seed=profile.seed)
+    model, history = train(pick, val, getattr(ModelConfig, profile.model)(), config, progress=progress)
+    save_checkpoint(path, model, config, history=history,
+                    extra={"elements": list(elements) if elements else "all", "profile": profile.name,
+                           "n_train": len(pick), "n_val": len(val)})
+    return model, history
+
+
+def cached_json(path: Path, compute, retrain: bool = False):
+    """``compute()`` once and keep its JSON-serialisable result at ``path``; reuse it afterwards."""
+    if path.exists() and not retrain:
+        return read_json(path)
+    result = compute()
+    atomic_write_json(path, result)
+    return result
+
+
+def to_jsonable(table) -> dict:
+    """A pandas DataFrame as {column: {index: value}} with plain floats (for :func:`cached_json`)."""
+    return {c: {str(k): (None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v))
+                for k, v in table[c].items()} for c in table.columns}
