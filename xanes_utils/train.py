@@ -174,7 +174,7 @@ def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
+    out = {"python": platform.python_version(), "torch": str(torch.__version__)}
     for pkg in ("torch-geometric", "pymatgen", "feff10-rs", "xanes-family-bucket"):
         try:
             out[pkg] = version(pkg)
