@@ -53,7 +53,8 @@ class Record:
                    spectrum_type="XANES", absorbing_index=self.site)
 
 
-def _manifest_path(path: Path) -> Path:
+def manifest_path(path: Path) -> Path:
+    """The manifest beside a packed dataset file: ``<name>.manifest.json``."""
     return path.with_name(path.name.replace(".json.gz", "") + ".manifest.json")
 
 
@@ -95,7 +96,7 @@ def pack(runs_dir: str | Path, out: str | Path = DEFAULT_DATASET, plan: str | Pa
         "feff10_rs_version": feff_version,
         "mean_seconds_per_spectrum": float(np.mean([r["seconds"] for r in records])) if records else None,
     }
-    atomic_write_json(_manifest_path(out), manifest)
+    atomic_write_json(manifest_path(out), manifest)
     log.info("packed %d spectra of %d structures into %s", len(records), len(structures), out)
     return manifest
 
@@ -109,11 +110,11 @@ def load_dataset(path: str | Path | None = None, verify: bool = True) -> list[Re
     path = Path(path) if path is not None else DEFAULT_DATASET
     if not path.exists():
         raise FileNotFoundError(f"{path}: dataset file not found")
-    manifest_path = _manifest_path(path)
-    if verify and manifest_path.exists():
-        expected = read_json(manifest_path)["sha256"]
+    manifest = manifest_path(path)
+    if verify and manifest.exists():
+        expected = read_json(manifest)["sha256"]
         if sha256(path) != expected:
-            raise CorruptFileError(f"{path}: SHA-256 does not match {manifest_path.name}; the file is "
+            raise CorruptFileError(f"{path}: SHA-256 does not match {manifest.name}; the file is "
                                    "corrupt or was modified (re-pack it or restore it from git)")
     data = read_json(path)
     if data.get("format") != FORMAT:
