@@ -50,9 +50,13 @@ class Prepared:
 
 
 def prepare(profile: Profile, data: str | Path | None = None, split_by: str = "material") -> Prepared:
-    """Load records, build (cached) graphs and split them with the profile's seed."""
+    """Load records, build (cached) graphs and split them with the profile's seed (sets torch threads)."""
+    import torch
+
     from xanes_utils.graphs import build_graphs
 
+    if profile.threads:
+        torch.set_num_threads(profile.threads)
     records = load_records(data)
     directory = cache_dir(profile.name, data)
     graphs = build_graphs(records, cache_path=directory / "graphs.pt")
@@ -79,7 +83,8 @@ def train_or_load(prep: Prepared, profile: Profile, data: str | Path | None, nam
     keep = set(elements) if elements is not None else None
     pick = [g for g in prep.subset("train") if keep is None or g.element in keep]
     val = [g for g in prep.subset("val") if keep is None or g.element in keep]
-    config = TrainConfig(epochs=epochs or profile.epochs, batch_size=profile.batch_size, seed=profile.seed)
+    config = TrainConfig(epochs=epochs or profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
+                         seed=profile.seed)
     model, history = train(pick, val, getattr(ModelConfig, profile.model)(), config, progress=progress)
     save_checkpoint(path, model, config, history=history,
                     extra={"elements": list(elements) if elements else "all", "profile": profile.name,

@@ -1,0 +1,145 @@
+"""The three-section network: shapes, attention, fast == reference, gradients, presets, configs."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+from torch_geometric.data import Batch
+
+from xanes_utils.graphs import build_graph
+from xanes_utils.model import ModelConfig, XanesGAT, weighted_batch_norm
+
+TINY = ModelConfig(conv_dims=(16, 12, 10), heads=2, head_dim=8, mlp_dims=(16, 8))
+
+
+def rocksalt(metal: str, a: float) -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), [metal, "O"], [[0, 0, 0], [0.5] * 3])
+
+
+def cluster() -> Structure:
+    """FeO4 square in a 30 A box: a padded graph with 4 real neighbours."""
+    coords = [[15, 15, 15], [17, 15, 15], [13, 15, 15], [15, 17, 15], [15, 13, 15]]
+    return Structure(Lattice.cubic(30.0), ["Fe", "O", "O", "O", "O"], coords, coords_are_cartesian=True)
+
+
+@pytest.fixture(scope="module")
+def batch() -> Batch:
+    rng = np.random.default_rng(0)
+    graphs = [build_graph(rocksalt(m, a), s, y=rng.random(111))
+              for m, a in [("Ni", 4.17), ("Co", 4.26), ("Mn", 4.44)] for s in (0, 4)]
+    graphs.append(build_graph(cluster(), 0, y=rng.random(111)))
+    spinel = Structure.from_spacegroup("Fd-3m", Lattice.cubic(8.4), ["Fe", "Co", "O"],
+                                       [[0.125] * 3, [0.5] * 3, [0.26] * 3])
+    graphs.append(build_graph(spinel, 0, y=rng.random(111)))
+    return Batch.from_data_list(graphs)
+
+
+def run(model: XanesGAT, batch: Batch, impl: str, train: bool, seed: int = 1):
+    model.train(train)
+    torch.manual_seed(seed)  # same dropout mask for both implementations
+    return model(batch, return_internals=True, implementation=impl)
+
+
+def test_output_and_internals_shapes(batch):
+    model = XanesGAT(TINY).eval()
+    out, internals = model(batch, return_internals=True)
+    n = batch.num_graphs
+    assert out.shape == (n, 111) and model(batch).shape == (n, 111)
+    shapes = {k: tuple(v.shape) for k, v in internals.items() if k != "absorber"}
+    assert shapes == {"conv1": (n, 16), "conv2": (n, 12), "conv3": (n, 10), "attention": (n, 16),
+                      "mlp1": (n, 16), "mlp2": (n, 8), "attention_weights": (n, 20, 2)}
+    assert list(internals)[:6] == ["conv1", "conv2", "conv3", "attention", "mlp1", "mlp2"]
+    assert {k: tuple(v.shape) for k, v in internals["absorber"].items()} == {
+        "conv1": (n, 16), "conv2": (n, 12), "conv3": (n, 10), "attention": (n, 16)}
+    single = model(build_graph(rocksalt("Ni", 4.17), 0))  # a lone Data is batched
+    assert torch.allclose(single, out[:1], atol=1e-5)
+
+
+def test_attention_weights_normalised_over_real_neighbours(batch):
+    for impl in ("fast", "reference"):
+        _, internals = run(XanesGAT(TINY), batch, impl, train=False)
+        att = internals["attention_weights"]
+        mask = batch.edge_mask.view(-1, 20)
+        assert (att[~mask] == 0).all() and (att[mask] > 0).all()
+        assert torch.allclose(att.sum(1), torch.ones(batch.num_graphs, 2), atol=1e-6)
+    assert mask[6].sum() == 4  # the padded cluster graph is in the batch
+
+
+@pytest.mark.parametrize("readout", ["local", "cell"])
+@pytest.mark.parametrize("preset", ["tiny", "cpu", "paper"])
+def test_fast_equals_reference_train_and_eval(batch, readout, preset):
+    config = {"tiny": TINY, "cpu": ModelConfig.cpu(), "paper": ModelConfig.paper()}[preset]
+    torch.manual_seed(0)
+    fast = XanesGAT(ModelConfig.from_dict(config.to_dict() | {"readout": readout}))
+    ref = copy.deepcopy(fast)
+    for train in (True, True, False):  # two training steps move the running stats, then eval
+        out_f, int_f = run(fast, batch, "fast", train)
+        out_r, int_r = run(ref, batch, "reference", train)
+        assert torch.allclose(out_f, out_r, atol=1e-5, rtol=1e-4)
+        for key in ("conv1", "conv2", "conv3", "attention", "mlp1", "mlp2", "attention_weights"):
+            assert torch.allclose(int_f[key], int_r[key], atol=1e-4, rtol=1e-4), key
+        for key in int_f["absorber"]:
+            assert torch.allclose(int_f["absorber"][key], int_r["absorber"][key], atol=1e-4, rtol=1e-4), key
+    state_f, state_r = fast.state_dict(), ref.state_dict()
+    assert list(state_f) == list(state_r)
+    for key in state_f:  # BatchNorm running statistics updated identically
+        assert torch.allclose(state_f[key].float(), state_r[key].float(), atol=1e-5), key
+
+
+def test_readouts_differ_and_state_dict_loads_across_implementations(batch):
+    torch.manual_seed(0)
+    local = XanesGAT(TINY).eval()
+    cell = XanesGAT(ModelConfig.from_dict(TINY.to_dict() | {"readout": "cell", "implementation": "reference"}))
+    cell.load_state_dict(local.state_dict())  # same keys whatever the readout or implementation
+    assert not torch.allclose(local(batch), cell.eval()(batch))
+
+
+def test_gradients_flow_and_agree(batch):
+    grads = {}
+    for impl in ("fast", "reference"):
+        torch.manual_seed(0)
+        model = XanesGAT(TINY)
+        out, _ = run(model, batch, impl, train=True)
+        torch.nn.functional.l1_loss(out, batch.y).backward()
+        grads[impl] = {k: p.grad for k, p in model.named_parameters()}
+        missing = [k for k, g in grads[impl].items() if g is None or not torch.isfinite(g).all() or not g.any()]
+        assert not missing, f"{impl}: no gradient for {missing}"
+    for key, g in grads["fast"].items():
+        assert torch.allclose(g, grads["reference"][key], atol=1e-5, rtol=1e-3), key
+
+
+def test_paper_parameter_count():
+    n = XanesGAT(ModelConfig.paper()).n_parameters
+    assert 3.0e6 <= n <= 4.5e6
+    assert XanesGAT(ModelConfig.cpu()).n_parameters < n / 5
+
+
+def test_weighted_batch_norm_matches_torch():
+    torch.manual_seed(0)
+    h = torch.randn(12, 5)
+    ours, theirs = torch.nn.BatchNorm1d(5), torch.nn.BatchNorm1d(5)
+    for _ in range(2):
+        assert torch.allclose(weighted_batch_norm(ours, h, torch.ones(12)), theirs(h), atol=1e-6)
+    assert torch.allclose(ours.running_var, theirs.running_var) and torch.allclose(ours.running_mean,
+                                                                                   theirs.running_mean)
+    # integer weights equal repeated rows
+    weight = torch.tensor([2.0] + [1.0] * 11)
+    a, b = torch.nn.BatchNorm1d(5), torch.nn.BatchNorm1d(5)
+    assert torch.allclose(weighted_batch_norm(a, h, weight)[1:], b(torch.cat([h[:1], h]))[2:], atol=1e-6)
+    assert torch.allclose(a.running_var, b.running_var)
+
+
+def test_config_round_trip_and_validation():
+    config = ModelConfig.cpu(readout="cell")
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    assert ModelConfig.paper().conv_dims == (600, 500, 400) and ModelConfig.paper().heads == 3
+    with pytest.raises(ValueError, match="readout"):
+        ModelConfig(readout="global")
+    with pytest.raises(ValueError, match="implementation"):
+        ModelConfig(implementation="turbo")
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({"conv_dim": [1]})

@@ -1,0 +1,393 @@
+"""The family-bucket network: graph convolutions, multi-head graph attention, readout MLP.
+
+Shapes (B graphs, N = 21 B nodes, E = 20 B edges of which E_r are real, d_l layer widths):
+
+Section 1, :class:`StarConv` x len(conv_dims) (118 -> 600 -> 500 -> 400 at the paper's dims)::
+
+    m_ij = ELU(W_e e_ij) * x_j                  e_ij [E_r, 65] -> [E_r, d_in]; x_j [E_r, d_in]
+    h_i  = Linear(x_i + sum_j m_ij)             [N, d_in] -> [N, d_out]
+    h_i  = BatchNorm(h_i)
+
+The messages keep the input width (no projection of x_j), so ``x_i + sum_j m_ij`` is defined and
+the Linear is the only change of width, exactly as the paper writes it. Only the absorber has
+incoming edges; every other node gets ``BatchNorm(Linear(x))``. No activation follows the
+BatchNorm (the paper lists none); the ELU gates make the absorber path nonlinear.
+
+Section 2, :class:`StarAttentionHead` x heads (400 -> 3 x 300)::
+
+    f_ij = ELU(W_f [x_i, x_j, x_i - x_j, e_ij])  [E_r, 3 d_in + 65] -> [E_r, d_in]
+    q_i  = W_q x_i, k_ij = W_k f_ij               [.., d_head]
+    a_ij = tanh(w . (q_i * k_ij) / sqrt(d_head))  [E_r]
+    s_ij = softmax of a_ij over the absorber's real neighbours
+    h_i  = BatchNorm(Linear(x_i + sum_j s_ij f_ij))   [N, d_in] -> [N, d_head]
+
+Heads are concatenated ([N, heads * d_head]). Non-absorber nodes receive nothing, so, as in the
+convolutions, their update is ``BatchNorm(Linear(x))`` with each head's Linear and BatchNorm.
+
+Section 3: mean pool over the readout nodes, dropout, MLP with PReLU, linear to ``out_dim``.
+
+Readout nodes (``ModelConfig.readout``): ``"local"``: the absorber and its real neighbours;
+``"cell"``: the absorber and every other atom of the unit cell (the authors' choice; each cell atom
+is an isolated node whose features come from its element). The same node set gives the
+BatchNorm batch statistics in training mode, so the statistics describe the nodes that are pooled.
+
+Implementations (``ModelConfig.implementation``), sharing parameters and state_dict keys:
+
+* ``"reference"``: per-node message passing (:class:`torch_geometric.nn.MessagePassing`).
+* ``"fast"``: every non-absorber node depends only on its element, so each layer is computed once
+  per element present in the batch (a table) plus once per absorber, with BatchNorm statistics
+  weighted by element counts. The attention input ``W_f [x_i, x_j, x_i - x_j, e]`` is split
+  into absorber, element and edge terms, and ``w . (q * W_k f)`` is computed as
+  ``(W_k^T (w * q)) . f``, so no per-edge matrix product wider than the 65 edge features remains.
+  Edges are processed as dense [B, 20] slots (masked sums and a masked softmax, no scatter).
+  Non-absorber features are taken from the orbital table by ``z`` (as :mod:`xanes_utils.graphs`
+  builds them), absorber features from ``x``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.data import Batch, Data
+from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import softmax
+
+from xanes_utils.graphs import EDGE_DIM, MAX_Z, N_NEIGHBOURS, NODE_DIM, orbital_table
+
+log = logging.getLogger(__name__)
+
+READOUTS = ("local", "cell")
+IMPLEMENTATIONS = ("fast", "reference")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of :class:`XanesGAT` (defaults: the paper's dimensions)."""
+
+    conv_dims: tuple[int, ...] = (600, 500, 400)
+    heads: int = 3
+    head_dim: int = 300
+    mlp_dims: tuple[int, ...] = (200, 200)
+    dropout: float = 0.05
+    out_dim: int = 111
+    readout: str = "local"
+    implementation: str = "fast"
+
+    def __post_init__(self) -> None:
+        self.conv_dims = tuple(int(d) for d in self.conv_dims)
+        self.mlp_dims = tuple(int(d) for d in self.mlp_dims)
+        if not self.conv_dims or not self.mlp_dims or min(self.conv_dims + self.mlp_dims) < 1:
+            raise ValueError("conv_dims and mlp_dims need at least one positive width each")
+        if self.heads < 1 or self.head_dim < 1 or self.out_dim < 1:
+            raise ValueError("heads, head_dim and out_dim must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, not {self.readout!r}")
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, not {self.implementation!r}")
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> ModelConfig:
+        """The paper's dimensions (about 3.5 M parameters)."""
+        return cls(**overrides)
+
+    @classmethod
+    def cpu(cls, **overrides: Any) -> ModelConfig:
+        """A small model for a 2-core laptop (128/128/128, 3 heads x 64, MLP 128/128)."""
+        params = dict(conv_dims=(128, 128, 128), heads=3, head_dim=64, mlp_dims=(128, 128))
+        return cls(**(params | overrides))
+
+    def to_dict(self) -> dict:
+        """Plain-type dict (lists for tuples) for checkpoints."""
+        out = dataclasses.asdict(self)
+        out["conv_dims"], out["mlp_dims"] = list(self.conv_dims), list(self.mlp_dims)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise a ValueError."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def weighted_batch_norm(bn: nn.BatchNorm1d, h: Tensor, weight: Tensor) -> Tensor:
+    """``bn`` applied to every row of ``h`` [n, d], statistics over rows weighted by ``weight`` [n].
+
+    In training mode the mean and biased variance are weighted by ``weight`` (0/1 masks or element
+    counts) and the running statistics are updated as :class:`torch.nn.BatchNorm1d` does (unbiased
+    variance, momentum or cumulative average); in eval mode the running statistics are used. With
+    ``weight`` all ones this equals ``bn(h)``.
+    """
+    if bn.training or not bn.track_running_stats:
+        n = float(weight.sum())
+        if bn.training and n <= 1.0:
+            raise ValueError(f"BatchNorm in training mode needs more than one node (got weight {n})")
+        w = weight.to(h.dtype).unsqueeze(1)
+        mean = (w * h).sum(0) / n
+        var = (w * (h - mean) ** 2).sum(0) / n
+        if bn.training and bn.track_running_stats:
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+                factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                bn.running_mean.mul_(1.0 - factor).add_(factor * mean)
+                bn.running_var.mul_(1.0 - factor).add_(factor * var * n / (n - 1.0))
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    out = (h - mean) * torch.rsqrt(var + bn.eps)
+    return out * bn.weight + bn.bias if bn.affine else out
+
+
+class StarConv(MessagePassing):
+    """Graph convolution: ``BatchNorm(Linear(x_i + sum_j ELU(W_e e_ij) * x_j))``."""
+
+    def __init__(self, in_dim: int, out_dim: int, edge_dim: int = EDGE_DIM) -> None:
+        super().__init__(aggr="add", flow="source_to_target")
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.lin_edge = nn.Linear(edge_dim, in_dim)
+        self.lin = nn.Linear(in_dim, out_dim)
+        self.bn = nn.BatchNorm1d(out_dim)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, weight: Tensor) -> Tensor:
+        """Reference: x [N, d_in], real edges [2, E_r] / [E_r, 65], BN weights [N] -> [N, d_out]."""
+        size = (x.shape[0], x.shape[0])
+        return weighted_batch_norm(self.bn, self.propagate(edge_index, x=x, edge_attr=edge_attr, size=size), weight)
+
+    def message(self, x_j: Tensor, edge_attr: Tensor) -> Tensor:
+        """m_ij = ELU(W_e e_ij) * x_j: [E_r, d_in]."""
+        return F.elu(self.lin_edge(edge_attr)) * x_j
+
+    def update(self, aggr_out: Tensor, x: Tensor) -> Tensor:
+        """h_i = Linear(x_i + sum_j m_ij): [N, d_out] (before BatchNorm)."""
+        return self.lin(x + aggr_out)
+
+    def forward_fast(self, absorber: Tensor, table: Tensor, edge_attr: Tensor, edge_elem: Tensor, edge_mask: Tensor,
+                     table_weight: Tensor) -> tuple[Tensor, Tensor]:
+        """Fast path: absorbers [B, d_in] and element table [U, d_in] -> ([B, d_out], [U, d_out]).
+
+        Edges are dense per graph: ``edge_attr`` [B, 20, 65], ``edge_elem`` [B, 20] (table row of each
+        neighbour; any valid row on dummy slots), ``edge_mask`` [B, 20] float (1 real, 0 dummy);
+        ``table_weight`` [U] counts each element among the readout nodes (BatchNorm statistics).
+        """
+        msg = F.elu(self.lin_edge(edge_attr)) * table[edge_elem] * edge_mask.unsqueeze(-1)
+        rows = torch.cat([self.lin(absorber + msg.sum(1)), self.lin(table)])
+        weight = torch.cat([table_weight.new_ones(absorber.shape[0]), table_weight])
+        out = weighted_batch_norm(self.bn, rows, weight)
+        return out[:absorber.shape[0]], out[absorber.shape[0]:]
+
+
+class StarAttentionHead(MessagePassing):
+    """One attention head: ``BatchNorm(Linear(x_i + sum_j softmax_j(a_ij) f_ij))``."""
+
+    def __init__(self, in_dim: int, head_dim: int, edge_dim: int = EDGE_DIM) -> None:
+        super().__init__(aggr="add", flow="source_to_target")
+        self.in_dim, self.head_dim, self.edge_dim = in_dim, head_dim, edge_dim
+        self.lin_f = nn.Linear(3 * in_dim + edge_dim, in_dim)
+        self.lin_q = nn.Linear(in_dim, head_dim)
+        self.lin_k = nn.Linear(in_dim, head_dim)
+        self.att = nn.Parameter(torch.ones(head_dim))  # w: starts as scaled dot-product attention
+        self.lin = nn.Linear(in_dim, head_dim)
+        self.bn = nn.BatchNorm1d(head_dim)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """Reference: x [N, d_in] -> ([N, d_head], attention weights [E_r])."""
+        size = (x.shape[0], x.shape[0])
+        f, alpha = self.edge_updater(edge_index, x=x, edge_attr=edge_attr, size=size)
+        h = self.propagate(edge_index, x=x, f=f, alpha=alpha, size=size)
+        return weighted_batch_norm(self.bn, h, weight), alpha
+
+    def edge_update(self, x_i: Tensor, x_j: Tensor, edge_attr: Tensor, index: Tensor, ptr: Tensor | None,
+                    size_i: int | None) -> tuple[Tensor, Tensor]:
+        """Edge features f_ij [E_r, d_in] and softmax weights s_ij [E_r] over each target's edges."""
+        f = F.elu(self.lin_f(torch.cat([x_i, x_j, x_i - x_j, edge_attr], dim=-1)))
+        score = torch.tanh((self.att * self.lin_q(x_i) * self.lin_k(f)).sum(-1) / math.sqrt(self.head_dim))
+        return f, softmax(score, index, ptr, size_i)
+
+    def message(self, f: Tensor, alpha: Tensor) -> Tensor:
+        """s_ij f_ij: [E_r, d_in]."""
+        return alpha.unsqueeze(-1) * f
+
+    def update(self, aggr_out: Tensor, x: Tensor) -> Tensor:
+        """Linear(x_i + sum_j s_ij f_ij): [N, d_head] (before BatchNorm)."""
+        return self.lin(x + aggr_out)
+
+    def forward_fast(self, absorber: Tensor, table: Tensor, edge_attr: Tensor, edge_elem: Tensor, edge_mask: Tensor,
+                     table_weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Fast path (arguments as :meth:`StarConv.forward_fast`); also returns the weights [B, 20]."""
+        n_graphs, d = absorber.shape[0], self.in_dim
+        w_i, w_j, w_diff, w_e = self.lin_f.weight.split([d, d, d, self.edge_dim], dim=1)
+        f = F.elu(F.linear(absorber, w_i + w_diff, self.lin_f.bias).unsqueeze(1)
+                  + F.linear(table, w_j - w_diff)[edge_elem] + F.linear(edge_attr, w_e))  # [B, 20, d_in]
+        query = self.att * self.lin_q(absorber)  # w * q_i: [B, d_head]
+        key_vec = query @ self.lin_k.weight  # W_k^T (w * q_i): [B, d_in]
+        key_bias = query @ self.lin_k.bias  # (w * q_i) . b_k: [B]
+        score = torch.tanh(((f * key_vec.unsqueeze(1)).sum(-1) + key_bias.unsqueeze(1)) / math.sqrt(self.head_dim))
+        alpha = torch.softmax(score.masked_fill(edge_mask == 0, float("-inf")), dim=1)  # [B, 20]
+        summed = (alpha.unsqueeze(-1) * f).sum(1)
+        rows = torch.cat([self.lin(absorber + summed), self.lin(table)])
+        weight = torch.cat([table_weight.new_ones(n_graphs), table_weight])
+        out = weighted_batch_norm(self.bn, rows, weight)
+        return out[:n_graphs], out[n_graphs:], alpha
+
+
+class XanesGAT(nn.Module):
+    """Graph convolutions, multi-head attention and an MLP readout (see the module docstring)."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        cfg = self.config
+        dims = (NODE_DIM, *cfg.conv_dims)
+        self.convs = nn.ModuleList(StarConv(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.heads = nn.ModuleList(StarAttentionHead(dims[-1], cfg.head_dim) for _ in range(cfg.heads))
+        self.dropout = nn.Dropout(cfg.dropout)
+        mlp_in = (cfg.heads * cfg.head_dim, *cfg.mlp_dims)
+        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(a, b), nn.PReLU())
+                                 for a, b in zip(mlp_in[:-1], mlp_in[1:]))
+        self.out = nn.Linear(cfg.mlp_dims[-1], cfg.out_dim)
+        # Node features by atomic number, for element tables and cell atoms (not saved: derived data).
+        self.register_buffer("orbital_table", torch.from_numpy(np.array(orbital_table())), persistent=False)
+
+    @property
+    def n_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def forward(self, batch: Data | Batch, return_internals: bool = False, implementation: str | None = None
+                ) -> Tensor | tuple[Tensor, dict[str, Any]]:
+        """Spectra [B, out_dim]; with ``return_internals`` also the internals dict.
+
+        Internals: graph-level activations pooled over the readout nodes, ``"conv1"``.. [B, d_l],
+        ``"attention"`` [B, heads * head_dim], ``"mlp1"``.. [B, d] (after PReLU);
+        ``"attention_weights"`` [B, 20, heads] (0 on dummy edges, each head's row sums to 1 over
+        the real neighbours); ``"absorber"``: a dict of the absorber node's activations per layer.
+        ``implementation`` overrides ``config.implementation`` for this call.
+        """
+        impl = implementation or self.config.implementation
+        if impl not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, not {impl!r}")
+        if not isinstance(batch, Batch):
+            batch = Batch.from_data_list([batch])
+        encode = self._encode_fast if impl == "fast" else self._encode_reference
+        pooled, absorber, attention = encode(batch, return_internals)
+        h = self.dropout(pooled["attention"])
+        for i, layer in enumerate(self.mlp, start=1):
+            h = layer(h)
+            pooled[f"mlp{i}"] = h
+        out = self.out(h)
+        if not return_internals:
+            return out
+        return out, {**pooled, "attention_weights": attention, "absorber": absorber}
+
+    # ------------------------------------------------------------------------- helpers
+
+    def _cell_counts(self, batch: Batch) -> Tensor:
+        """[B, 119] counts of the other atoms of each unit cell (needed by the cell readout)."""
+        if "cell_counts" not in batch:
+            raise ValueError("readout='cell' needs graphs with cell_counts (build them with xanes_utils.graphs)")
+        return batch.cell_counts.long()
+
+    def _edge_weights(self, alphas: list[Tensor], mask: Tensor, n_graphs: int) -> Tensor:
+        """Per-head weights of the real edges -> [B, 20, heads], 0 on dummy edges."""
+        if mask.numel() != n_graphs * N_NEIGHBOURS:
+            raise ValueError(f"expected {N_NEIGHBOURS} edges per graph, got {mask.numel()} for {n_graphs} graphs")
+        full = alphas[0].new_zeros(mask.numel(), len(alphas))
+        full[mask] = torch.stack(alphas, dim=-1)
+        return full.view(n_graphs, N_NEIGHBOURS, len(alphas))
+
+    # ------------------------------------------------------------------------- reference
+
+    def _encode_reference(self, batch: Batch, internals: bool) -> tuple[dict, dict, Tensor]:
+        """Per-node message passing over the star graphs (plus isolated cell-atom nodes)."""
+        n_graphs = batch.num_graphs
+        mask = batch.edge_mask.bool()
+        edge_index, edge_attr = batch.edge_index[:, mask], batch.edge_attr[mask]
+        x, node_graph = batch.x, batch.batch
+        absorbers = batch.ptr[:-1]
+        readout = x.new_zeros(x.shape[0])
+        readout[absorbers] = 1.0
+        if self.config.readout == "local":
+            readout[edge_index[0]] = 1.0
+        else:
+            counts = self._cell_counts(batch)
+            z_cell = torch.arange(MAX_Z + 1, device=x.device).repeat(n_graphs).repeat_interleave(counts.reshape(-1))
+            graph_cell = torch.arange(n_graphs, device=x.device).repeat_interleave(counts.sum(1))
+            x = torch.cat([x, self.orbital_table[z_cell]])
+            node_graph = torch.cat([node_graph, graph_cell])
+            readout = torch.cat([readout, readout.new_ones(z_cell.shape[0])])
+        n_read = readout.new_zeros(n_graphs).index_add_(0, node_graph, readout).unsqueeze(1)
+
+        def pool(h: Tensor) -> Tensor:
+            return h.new_zeros(n_graphs, h.shape[1]).index_add_(0, node_graph, h * readout.unsqueeze(1)) / n_read
+
+        pooled, absorber = {}, {}
+        h = x
+        for i, conv in enumerate(self.convs, start=1):
+            h = conv(h, edge_index, edge_attr, readout)
+            if internals:
+                pooled[f"conv{i}"], absorber[f"conv{i}"] = pool(h), h[absorbers]
+        outs, alphas = zip(*(head(h, edge_index, edge_attr, readout) for head in self.heads))
+        h = torch.cat(outs, dim=-1)
+        pooled["attention"], absorber["attention"] = pool(h), h[absorbers]
+        return pooled, absorber, self._edge_weights(list(alphas), mask, n_graphs)
+
+    # ------------------------------------------------------------------------- fast
+
+    def _encode_fast(self, batch: Batch, internals: bool) -> tuple[dict, dict, Tensor]:
+        """Absorbers plus one row per element present; the same numbers as the reference.
+
+        Edges are handled densely as [B, 20] slots (no scatter), which needs PyG-batched star graphs:
+        20 edges per graph, in graph order, all ending at the graph's node 0.
+        """
+        n_graphs = batch.num_graphs
+        mask = batch.edge_mask.bool()
+        if mask.numel() != n_graphs * N_NEIGHBOURS:
+            raise ValueError(f"expected {N_NEIGHBOURS} edges per graph, got {mask.numel()} for {n_graphs} graphs")
+        src, dst = batch.edge_index
+        if not torch.equal(dst.view(n_graphs, N_NEIGHBOURS), batch.ptr[:-1].unsqueeze(1).expand(-1, N_NEIGHBOURS)):
+            raise ValueError("the fast implementation needs star graphs whose edges all end at node 0")
+        mask = mask.view(n_graphs, N_NEIGHBOURS)
+        z_neighbour = batch.z[src].view(n_graphs, N_NEIGHBOURS)
+        present = z_neighbour[mask]
+        if self.config.readout == "cell":
+            cell = self._cell_counts(batch)
+            present = torch.cat([present, torch.nonzero(cell.sum(0)).view(-1)])
+        elements = torch.unique(present)
+        lookup = torch.zeros(MAX_Z + 1, dtype=torch.long, device=src.device)  # dummies -> row 0 (masked)
+        lookup[elements] = torch.arange(elements.numel(), device=src.device)
+        edge_elem = lookup[z_neighbour]
+        dtype = batch.x.dtype
+        mask_f = mask.to(dtype)
+        if self.config.readout == "local":  # counts [B, U] of each element among the pooled nodes
+            counts = mask_f.new_zeros(n_graphs, elements.numel()).scatter_add_(1, edge_elem, mask_f)
+        else:
+            counts = cell[:, elements].to(dtype)
+        table_weight = counts.sum(0)
+        n_read = (1.0 + counts.sum(1)).unsqueeze(1)
+
+        def pool(a: Tensor, t: Tensor) -> Tensor:
+            return (a + counts @ t) / n_read
+
+        edge_attr = batch.edge_attr.view(n_graphs, N_NEIGHBOURS, -1)
+        a, t = batch.x[batch.ptr[:-1]], self.orbital_table[elements].to(dtype)
+        pooled, absorber = {}, {}
+        for i, conv in enumerate(self.convs, start=1):
+            a, t = conv.forward_fast(a, t, edge_attr, edge_elem, mask_f, table_weight)
+            if internals:
+                pooled[f"conv{i}"], absorber[f"conv{i}"] = pool(a, t), a
+        outs = [head.forward_fast(a, t, edge_attr, edge_elem, mask_f, table_weight) for head in self.heads]
+        a = torch.cat([o[0] for o in outs], dim=-1)
+        t = torch.cat([o[1] for o in outs], dim=-1)
+        pooled["attention"], absorber["attention"] = pool(a, t), a
+        return pooled, absorber, torch.stack([o[2] for o in outs], dim=-1)
