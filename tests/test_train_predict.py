@@ -51,6 +51,17 @@ def test_split_by_material_keeps_groups_together():
         split_indices(groups, by="element")
 
 
+def test_stratified_split_evaluates_every_element():
+    # 3 elements x 4 materials x 2 sites: a plain 80/10/10 split of 12 materials can miss an element.
+    groups = [f"{el}{m}" for el in "ABC" for m in range(4) for _ in range(2)]
+    strata = [g[0] for g in groups]
+    tr, va, te = split_indices(groups, seed=3, strata=strata)
+    for part in (va, te):
+        assert {strata[i] for i in part} == {"A", "B", "C"}
+    assert not {groups[i] for i in tr} & ({groups[i] for i in va} | {groups[i] for i in te})
+    assert len(tr) + len(va) + len(te) == len(groups)
+
+
 def test_short_training_run_loss_decreases_and_is_seeded(tmp_path):
     graphs = toy_graphs()
     config = TrainConfig(epochs=40, batch_size=4, lr=3e-3, seed=0, device="cpu")

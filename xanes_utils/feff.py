@@ -254,7 +254,7 @@ def generate(jobs: list[Job], structures: dict[str, dict], out_dir: str | Path, 
     ``distributed`` address, or a ``distributed.Client``), jobs run on that cluster; otherwise in a local
     process pool of ``workers`` processes (default: one per core).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     out_dir = str(out_dir)
     todo = pending(jobs, out_dir)

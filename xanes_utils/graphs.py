@@ -294,7 +294,7 @@ def build_graphs(items: Sequence[Any], cache_path: str | Path | None = None, pro
     items and the code version; a matching cache is loaded (``weights_only=True``), a stale one is
     rebuilt, and an unreadable or corrupt one is logged and rebuilt, never used.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     items = list(items)
     key = cache_key(items) if cache_path is not None else ""

@@ -75,28 +75,35 @@ def seed_everything(seed: int) -> None:
 
 
 def split_indices(groups: Sequence[str], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                  seed: int = 0, by: str = "material") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  seed: int = 0, by: str = "material", strata: Sequence[str] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train/validation/test indices.
 
     ``by="material"`` (default) keeps every site of one material (``groups[i]``) in one split, so no
     structure straddles train and test; ``by="spectrum"`` is the paper's random split of spectra.
+    With ``strata`` (e.g. the absorbing element of each spectrum) the units are split per stratum (a
+    material counts in the stratum of its first spectrum), and every stratum with at least three units
+    gets at least one validation and one test unit, so small elements are evaluated too.
     """
     if by not in ("material", "spectrum"):
         raise ValueError(f"split by must be 'material' or 'spectrum', not {by!r}")
     rng = np.random.default_rng(seed)
     keys = np.asarray(groups) if by == "material" else np.arange(len(groups)).astype(str)
-    unique = np.array(sorted(set(keys.tolist())))
-    order = unique[rng.permutation(len(unique))]
-    n_train = int(round(fractions[0] * len(order)))
-    n_val = int(round(fractions[1] * len(order)))
-    where = {k: 0 for k in order[:n_train]} | {k: 1 for k in order[n_train:n_train + n_val]}
-    part = np.array([where.get(k, 2) for k in keys])
+    unit_stratum: dict[str, str] = {}
+    for k, s in zip(keys.tolist(), strata if strata is not None else [""] * len(keys)):
+        unit_stratum.setdefault(k, s)
+    where: dict[str, int] = {}
+    for stratum in sorted(set(unit_stratum.values())):
+        units = np.array(sorted(k for k, s in unit_stratum.items() if s == stratum))
+        order = units[rng.permutation(len(units))]
+        n_val = int(round(fractions[1] * len(order)))
+        n_test = int(round(fractions[2] * len(order)))
+        if strata is not None and len(order) >= 3:
+            n_val, n_test = max(n_val, 1), max(n_test, 1)
+        where |= {k: 1 for k in order[:n_val]} | {k: 2 for k in order[n_val:n_val + n_test]}
+        where |= {k: 0 for k in order[n_val + n_test:]}
+    part = np.array([where[k] for k in keys])
     return tuple(np.flatnonzero(part == i) for i in range(3))  # type: ignore[return-value]
-
-
-def select_elements(graphs: Sequence[Data], elements: Sequence[str] | None) -> list[Data]:
-    """Graphs whose absorber is in ``elements`` (all graphs for ``None``: mixed training)."""
-    return list(graphs) if elements is None else [g for g in graphs if g.element in set(elements)]
 
 
 def stack_targets(graphs: Sequence[Data]) -> np.ndarray:
@@ -128,7 +135,7 @@ def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config
     With ``target_val_loss`` training stops at the first epoch whose validation L1 reaches it (used to
     measure time to a given accuracy).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     config = config or TrainConfig()
     if not train_graphs or not val_graphs:

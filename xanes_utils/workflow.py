@@ -50,7 +50,8 @@ class Prepared:
 
 
 def prepare(profile: Profile, data: str | Path | None = None, split_by: str = "material") -> Prepared:
-    """Load records, build (cached) graphs and split them with the profile's seed (sets torch threads)."""
+    """Load records, build (cached) graphs and split them (grouped by material, stratified by absorbing
+    element, with the profile's seed); also sets torch's thread count for the profile."""
     import torch
 
     from xanes_utils.graphs import build_graphs
@@ -61,7 +62,8 @@ def prepare(profile: Profile, data: str | Path | None = None, split_by: str = "m
     directory = cache_dir(profile.name, data)
     graphs = build_graphs(records, cache_path=directory / "graphs.pt")
     groups = [r.material_id or r.id for r in records]
-    train_idx, val_idx, test_idx = split_indices(groups, seed=profile.seed, by=split_by)
+    train_idx, val_idx, test_idx = split_indices(groups, seed=profile.seed, by=split_by,
+                                                 strata=[r.element for r in records])
     return Prepared(records, graphs, train_idx.tolist(), val_idx.tolist(), test_idx.tolist())
 
 
