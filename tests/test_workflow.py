@@ -30,9 +30,10 @@ def test_cached_json_computes_once_unless_retrain(tmp_path):
         return {"value": len(calls)}
 
     path = tmp_path / "r.json"
-    assert cached_json(path, compute) == {"value": 1}
-    assert cached_json(path, compute) == {"value": 1} and len(calls) == 1
-    assert cached_json(path, compute, retrain=True) == {"value": 2}
+    assert cached_json(path, compute, key="a") == {"value": 1}
+    assert cached_json(path, compute, key="a") == {"value": 1} and len(calls) == 1
+    assert cached_json(path, compute, key="a", retrain=True) == {"value": 2}
+    assert cached_json(path, compute, key="b") == {"value": 3}  # other data: stale, recomputed
 
 
 def test_to_jsonable_turns_nan_into_none():

@@ -6,6 +6,8 @@ reused unless ``retrain`` is set, so plotting never depends on retraining.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,14 @@ class Prepared:
     val: list[int]
     test: list[int]
 
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the spectra ids and the split: cached results made from other data are stale."""
+        digest = hashlib.sha256()
+        for part in (self.train, self.val, self.test):
+            digest.update(json.dumps([self.records[i].id for i in part]).encode())
+        return digest.hexdigest()[:16]
+
     def subset(self, part: str) -> list[Data]:
         """Graphs of ``part`` ('train', 'val' or 'test')."""
         return [self.graphs[i] for i in getattr(self, part)]
@@ -81,7 +91,9 @@ def train_or_load(prep: Prepared, profile: Profile, data: str | Path | None, nam
     path = model_path(profile, data, name)
     if path.exists() and not retrain:
         payload = load_checkpoint(path)
-        return load_model(path), History(**payload["history"])
+        if payload["extra"].get("fingerprint") == prep.fingerprint:
+            return load_model(path), History(**payload["history"])
+        log.info("%s was trained on other data or another split: retraining", path)
     keep = set(elements) if elements is not None else None
     pick = [g for g in prep.subset("train") if keep is None or g.element in keep]
     val = [g for g in prep.subset("val") if keep is None or g.element in keep]
@@ -90,16 +102,20 @@ def train_or_load(prep: Prepared, profile: Profile, data: str | Path | None, nam
     model, history = train(pick, val, getattr(ModelConfig, profile.model)(), config, progress=progress)
     save_checkpoint(path, model, config, history=history,
                     extra={"elements": list(elements) if elements else "all", "profile": profile.name,
-                           "n_train": len(pick), "n_val": len(val)})
+                           "n_train": len(pick), "n_val": len(val), "fingerprint": prep.fingerprint})
     return model, history
 
 
-def cached_json(path: Path, compute, retrain: bool = False):
-    """``compute()`` once and keep its JSON-serialisable result at ``path``; reuse it afterwards."""
+def cached_json(path: Path, compute, key: str, retrain: bool = False):
+    """``compute()`` once and keep its JSON-serialisable result at ``path`` with ``key``; reuse it while
+    the key matches (e.g. :attr:`Prepared.fingerprint`), recompute when it does not or with ``retrain``."""
     if path.exists() and not retrain:
-        return read_json(path)
+        stored = read_json(path)
+        if stored.get("key") == key:
+            return stored["result"]
+        log.info("%s was computed from other data: recomputing", path)
     result = compute()
-    atomic_write_json(path, result)
+    atomic_write_json(path, {"key": key, "result": result})
     return result
 
 
