@@ -58,3 +58,20 @@ def test_aflow_library_is_packaged_and_ordered():
     assert len(protos) > 250
     assert all(p.structure.is_ordered for p in protos)
     assert all(p.source["library"] == "aflow" for p in protos)
+
+
+def test_mineral_database_reader_on_a_split_table(tmp_path):
+    import pandas as pd
+
+    from xanes_utils.structures import robocrys_minerals
+
+    nio = rocksalt()
+    disordered = rocksalt()
+    disordered.replace_species({"Ni": {"Ni": 0.5, "Co": 0.5}})
+    table = pd.DataFrame({"structure": [nio.as_dict(), disordered.as_dict()],
+                          "mineral": ["Bunsenite", "Mixed"], "n_elems": [2, 3]})
+    path = tmp_path / "mineral_db.json.gz"
+    table.to_json(path, orient="split", compression="gzip")
+    minerals = robocrys_minerals(str(path))
+    assert [m.source["mineral"] for m in minerals] == ["Bunsenite"]
+    assert minerals[0].structure.composition.reduced_formula == "NiO"

@@ -19,8 +19,6 @@ result is deduplicated with :class:`pymatgen.analysis.structure_matcher.Structur
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import os
 import warnings
@@ -78,22 +76,28 @@ def aflow_prototypes() -> list[SourceStructure]:
     return out
 
 
-def robocrys_minerals() -> list[SourceStructure]:
-    """Ordered structures of robocrys' mineral database (empty if robocrys is not installed)."""
-    spec = find_spec("robocrys")
-    if spec is None:
-        log.info("robocrys is not installed: mineral database skipped")
-        return []
-    path = os.path.join(os.path.dirname(spec.origin), "condense", "mineral_db.json.gz")
-    with gzip.open(path, "rt") as fh:
-        data = json.load(fh)
+def robocrys_minerals(path: str | None = None) -> list[SourceStructure]:
+    """Ordered structures of robocrys' mineral database (empty if robocrys is not installed).
+
+    The database is a pandas ``orient="split"`` JSON table with ``structure`` and ``mineral`` columns;
+    ``path`` overrides the packaged file.
+    """
+    import pandas as pd
+
+    if path is None:
+        spec = find_spec("robocrys")
+        if spec is None:
+            log.info("robocrys is not installed: mineral database skipped")
+            return []
+        path = os.path.join(os.path.dirname(spec.origin), "condense", "mineral_db.json.gz")
+    table = pd.read_json(path, compression="infer", orient="split")
     out = []
-    for i, row in enumerate(data):
+    for i, row in table.iterrows():
         structure = Structure.from_dict(row["structure"])
         if structure.is_ordered:
-            name = str(row.get("mineral", f"mineral{i}")).replace(" ", "_")
+            name = str(row["mineral"]).replace(" ", "_")
             out.append(SourceStructure(id=f"mineral-{name}-{i}", structure=structure,
-                                       source={"library": "robocrys", "mineral": name}))
+                                       source={"library": "robocrys", "mineral": str(row["mineral"])}))
     return out
 
 
