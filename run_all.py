@@ -14,7 +14,6 @@ committed notebooks (whose outputs nbval checks in CI).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,16 @@ EXECUTED = NOTEBOOKS / "executed"
 FIGURES = ROOT / "figures"
 
 
+def write_back(executed: Path, notebook: Path) -> None:
+    """Copy an executed notebook over the committed one without papermill's injected-parameters cell,
+    so the committed notebook (run by nbval in CI) keeps its own defaults (e.g. ``retrain = False``)."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    nbformat.write(nb, notebook)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="default", choices=["quick", "default", "paper"])
@@ -33,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="notebook number prefixes, e.g. 01 03")
     parser.add_argument("--update-notebooks", action="store_true", help="copy executed notebooks back")
     args = parser.parse_args(argv)
+    if args.update_notebooks and (args.profile != "default" or args.data):
+        parser.error("--update-notebooks writes the committed notebooks: use it with the default profile "
+                     "and the embedded data only")
 
     import papermill as pm
     from tqdm import tqdm
@@ -59,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = sorted(p.name for p in FIGURES.glob(f"{nb.name[:2]}_*.png") if p.stat().st_mtime >= start)
         rows.append((nb.name, time.time() - start, figures))
         if args.update_notebooks:
-            shutil.copyfile(out, nb)
+            write_back(out, nb)
     print("\n| notebook | wall time (s) | figures written |\n|---|---:|---|")
     for name, seconds, figures in rows:
         print(f"| {name} | {seconds:.0f} | {', '.join(figures) or '-'} |")
