@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -27,7 +26,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from pymatgen.core import Structure
 
-from xanes_utils.elements import E_START, check_element, energy_grid
+from xanes_utils.elements import check_element, energy_grid
 from xanes_utils.io import atomic_write_json, read_json
 from xanes_utils.structures import check_structure
 
@@ -277,10 +276,15 @@ def _execute(args: list[tuple], workers: int | None, scheduler) -> Iterator[tupl
     if scheduler is not None:
         from distributed import Client, as_completed as dask_completed
 
-        client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-        futures = [client.submit(_run_job, *a, pure=False) for a in args]
-        for fut in dask_completed(futures):
-            yield fut.result()
+        own = not isinstance(scheduler, Client)
+        client = Client(scheduler) if own else scheduler
+        try:
+            futures = [client.submit(_run_job, *a, pure=False) for a in args]
+            for fut in dask_completed(futures):
+                yield fut.result()
+        finally:
+            if own:
+                client.close()
         return
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         futures = [pool.submit(_run_job, *a) for a in args]
