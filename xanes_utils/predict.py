@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,6 @@ from pymatgen.core import Structure
 
 from xanes_utils.elements import check_element, energy_grid
 from xanes_utils.structures import StructureError, check_structure, distinct_sites, supported_absorbers
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
