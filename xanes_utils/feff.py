@@ -253,15 +253,25 @@ def generate(jobs: list[Job], structures: dict[str, dict], out_dir: str | Path, 
     ``distributed`` address, or a ``distributed.Client``), jobs run on that cluster; otherwise in a local
     process pool of ``workers`` processes (default: one per core).
     """
-    from tqdm import tqdm
-
     out_dir = str(out_dir)
     todo = pending(jobs, out_dir)
     log.info("%d of %d jobs pending in %s", len(todo), len(jobs), out_dir)
-    counts = {"done": 0, "failed": 0, "skipped": len(jobs) - len(todo)}
-    args = [(job, structures[job.structure_id], out_dir, settings, stage_timeout) for job in todo]
-    with tqdm(total=len(todo), desc="FEFF", unit="spectrum") as bar:
-        for job_id, ok, info in _execute(args, workers, scheduler):
+    tasks = [(job, structures[job.structure_id], out_dir, settings, stage_timeout) for job in todo]
+    return {**run_tasks(tasks, workers, scheduler), "skipped": len(jobs) - len(todo)}
+
+
+def run_tasks(tasks: list[tuple], workers: int | None = None, scheduler=None, desc: str = "FEFF"
+              ) -> dict[str, int]:
+    """Run ``(job, structure_dict, out_dir, settings, stage_timeout)`` tasks with a tqdm bar.
+
+    Each task persists its own record or failure under its ``out_dir`` (see :func:`generate`); tasks
+    may differ in settings and output directory. Returns counts of finished and failed tasks.
+    """
+    from tqdm import tqdm
+
+    counts = {"done": 0, "failed": 0}
+    with tqdm(total=len(tasks), desc=desc, unit="spectrum") as bar:
+        for job_id, ok, info in _execute(tasks, workers, scheduler):
             counts["done" if ok else "failed"] += 1
             if not ok:
                 log.warning("%s failed: %s", job_id, info)
