@@ -60,6 +60,15 @@ def test_aflow_library_is_packaged_and_ordered():
     assert all(p.source["library"] == "aflow" for p in protos)
 
 
+def test_pymatgen_examples_are_packaged_ordered_and_unique():
+    from xanes_utils.structures import pymatgen_examples
+
+    examples = pymatgen_examples()
+    ids = [e.id for e in examples]
+    assert len(ids) == len(set(ids)) and "pmg-TiO2" in ids
+    assert all(e.structure.is_ordered and e.source["library"] == "pymatgen" for e in examples)
+
+
 def test_mineral_database_reader_on_a_split_table(tmp_path):
     import pandas as pd
 

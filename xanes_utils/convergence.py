@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from xanes_utils.feff import DEFAULT_SETTINGS, MP_SETTINGS, FeffSettings, Job, pending, run_tasks
-from xanes_utils.io import atomic_write_bytes, read_json
+from xanes_utils.io import atomic_write_bytes, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,14 @@ def _main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     plan = read_json(args.plan)
-    sites = study_sites([Job(**j) for j in plan["jobs"]], args.runs)
-    # cheapest sites first (by the dataset's own seconds), so an interrupted study has whole sites
-    sites.sort(key=lambda j: read_json(Path(args.runs) / j.element / f"{j.id}.json.gz")["seconds"])
+    pinned = Path(args.out) / "sites.json"
+    if pinned.exists():  # the study's sites stay fixed when the plan is rebuilt
+        sites = [Job(**j) for j in read_json(pinned)]
+    else:
+        sites = study_sites([Job(**j) for j in plan["jobs"]], args.runs)
+        # cheapest sites first (by the dataset's own seconds), so an interrupted study has whole sites
+        sites.sort(key=lambda j: read_json(Path(args.runs) / j.element / f"{j.id}.json.gz")["seconds"])
+        atomic_write_json(pinned, [dataclasses.asdict(j) for j in sites])
     log.info("study sites: %s", ", ".join(j.id for j in sites))
     log.info("convergence: %s", run_study(sites, plan["structures"], args.out, args.workers,
                                           args.stage_timeout, dataset_runs=args.runs))

@@ -3,7 +3,8 @@
 Sources are structures shipped inside installed packages (no downloads):
 
 * pymatgen's AFLOW prototype library (288 ordered structures);
-* robocrys' mineral database, when robocrys is installed (optional extra ``generate``).
+* robocrys' mineral database, when robocrys is installed (optional extra ``generate``);
+* pymatgen's own example structures (``pymatgen/util/structures``: TiO2, SrTiO3, LiFePO4, ...).
 
 Every transition-metal (or other metal) site type of a source structure may be replaced by one of the
 20 absorbing elements. A substitution is kept only when it is chemically sensible:
@@ -101,6 +102,21 @@ def robocrys_minerals(path: str | None = None) -> list[SourceStructure]:
     return out
 
 
+def pymatgen_examples() -> list[SourceStructure]:
+    """Ordered structures shipped with pymatgen as examples (``pymatgen/util/structures/*.json``)."""
+    spec = find_spec("pymatgen.util")
+    directory = os.path.join(os.path.dirname(spec.origin), "structures")
+    out = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if name.endswith(".json"):
+            structure = Structure.from_file(os.path.join(directory, name))
+            if structure.is_ordered:
+                stem = name[:-5].replace("(", "").replace(")", "")
+                out.append(SourceStructure(id=f"pmg-{stem}", structure=structure,
+                                           source={"library": "pymatgen", "example": name[:-5]}))
+    return out
+
+
 @lru_cache(maxsize=4096)
 def _radius(element: str, oxidation: int | None) -> float | None:
     """Shannon ionic radius for an oxidation state, or the atomic radius for ``None`` (Å)."""
@@ -189,7 +205,7 @@ def check_structure(structure: Structure, name: str = "structure") -> None:
 
 def build_library(include_minerals: bool = True, max_sites: int = MAX_SITES) -> list[SourceStructure]:
     """All source structures plus their sensible substitutions, deduplicated, each with an absorber."""
-    sources = aflow_prototypes() + (robocrys_minerals() if include_minerals else [])
+    sources = aflow_prototypes() + (robocrys_minerals() if include_minerals else []) + pymatgen_examples()
     sources = [s for s in sources if len(s.structure) <= max_sites]
     candidates: list[SourceStructure] = []
     for src in sources:
