@@ -68,8 +68,9 @@ def test_summary_and_choice_pick_cheapest_within_tolerance(tmp_path):
     assert summary.loc["scf3_fms6", "cost_vs_reference"] == pytest.approx(0.09)
     assert convergence.choose(summary, max_shift_ev=0.5) == "scf3_fms4"
     assert convergence.choose(summary, max_shift_ev=0.15) == "scf3_fms5"
+    assert convergence.choose(summary, max_median_mse=1e-12) == "scf3_fms6"
     with pytest.raises(ValueError, match="no candidate"):
-        convergence.choose(summary, max_shift_ev=0.01, min_median_r=1.0)
+        convergence.choose(summary, max_median_mse=-1.0)
 
 
 def test_compare_runs_leaves_out_sites_without_reference(tmp_path):
