@@ -67,6 +67,9 @@ def test_pymatgen_examples_are_packaged_ordered_and_unique():
     ids = [e.id for e in examples]
     assert len(ids) == len(set(ids)) and "pmg-TiO2" in ids
     assert all(e.structure.is_ordered and e.source["library"] == "pymatgen" for e in examples)
+    for e in examples:  # undecorated, so charge balancing works on every one (raised for La2CoO4F before)
+        assert all(type(sp).__name__ == "Element" for sp in e.structure.composition)
+        oxidation_states(e.structure)
 
 
 def test_mineral_database_reader_on_a_split_table(tmp_path):

@@ -103,13 +103,15 @@ def robocrys_minerals(path: str | None = None) -> list[SourceStructure]:
 
 
 def pymatgen_examples() -> list[SourceStructure]:
-    """Ordered structures shipped with pymatgen as examples (``pymatgen/util/structures/*.json``)."""
+    """Ordered structures shipped with pymatgen as examples (``pymatgen/util/structures/*.json``), with
+    their oxidation-state decorations removed (substitution assigns its own)."""
     spec = find_spec("pymatgen.util")
     directory = os.path.join(os.path.dirname(spec.origin), "structures")
     out = []
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         if name.endswith(".json"):
             structure = Structure.from_file(os.path.join(directory, name))
+            structure.remove_oxidation_states()  # some examples carry odd ones (e.g. F2- in La2CoO4F)
             if structure.is_ordered:
                 stem = name[:-5].replace("(", "").replace(")", "")
                 out.append(SourceStructure(id=f"pmg-{stem}", structure=structure,
