@@ -89,20 +89,13 @@ def test_study_sites_takes_first_finished_site_per_element(tmp_path):
         convergence.study_sites(jobs, tmp_path, ("Fe", "Ni"))
 
 
-def test_run_study_reuses_dataset_records_and_skips_finished(tmp_path, monkeypatch):
+def test_run_study_lists_every_setting_of_every_site_and_skips_finished(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(convergence, "run_tasks", lambda tasks, workers, desc: seen.extend(tasks) or {})
-    fresh, retried = Job("x", 0, "Fe"), Job("y", 0, "Mo")
-    runs, out = tmp_path / "runs", tmp_path / "study"
-    atomic_write_json(runs / "Fe" / f"{fresh.id}.json.gz", record(fresh, 7130, 50))
-    atomic_write_json(runs / "Mo" / f"{retried.id}.json.gz", record(retried, 20030, 50, retried=True))
-    atomic_write_json(out / "reference" / "Fe" / f"{fresh.id}.json.gz", record(fresh, 7130, 500))
-    structures = {"x": {}, "y": {}}
-    convergence.run_study([fresh, retried], structures, out, dataset_runs=runs)
-    names = {(t[0].id, t[2].split("/")[-1]) for t in seen}
-    n_settings = 1 + len(convergence.CANDIDATES)
-    assert (fresh.id, "reference") not in names and (fresh.id, "scf3_fms5") not in names
-    assert (retried.id, "scf3_fms5") in names  # a retried record used other settings: recompute
-    assert len(seen) == 2 * n_settings - 2
-    assert (out / "scf3_fms5" / "Fe" / f"{fresh.id}.json.gz").exists()
+    a, b = Job("x", 0, "Fe"), Job("y", 0, "Mo")
+    atomic_write_json(tmp_path / "reference" / "Fe" / f"{a.id}.json.gz", record(a, 7130, 500))
+    convergence.run_study([a, b], {"x": {}, "y": {}}, tmp_path)
+    names = [(t[0].id, t[2].split("/")[-1]) for t in seen]
+    assert len(names) == 2 * (1 + len(convergence.CANDIDATES)) - 1
+    assert (a.id, "reference") not in names and (b.id, "reference") in names
     assert all(t[3] == DEFAULT_SETTINGS for t in seen if t[2].endswith("scf3_fms5"))

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from xanes_utils.feff import DEFAULT_SETTINGS, MP_SETTINGS, FeffSettings, Job, pending, run_tasks
-from xanes_utils.io import atomic_write_bytes, atomic_write_json, read_json
+from xanes_utils.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +58,15 @@ def study_sites(jobs: list[Job], runs_dir: str | Path, elements=STUDY_ELEMENTS) 
 
 
 def run_study(sites: list[Job], structures: dict[str, dict], out_dir: str | Path, workers: int | None = None,
-              stage_timeout: float | None = 3600.0, dataset_runs: str | Path | None = None) -> dict[str, int]:
+              stage_timeout: float | None = 3600.0) -> dict[str, int]:
     """Run the reference and every candidate on ``sites`` (site by site, reference first); resumable.
 
-    With ``dataset_runs``, a candidate whose settings are the dataset's (:data:`DEFAULT_SETTINGS`) reuses
-    the dataset's record of the site (computed without a retry) instead of recomputing it.
+    Every spectrum is computed here, under the same conditions, so the seconds compare fairly (the
+    dataset's own records of these sites were computed beside other work).
     """
     settings = {"reference": REFERENCE, **CANDIDATES}
-    tasks = []
-    for job in sites:
-        for name, s in settings.items():
-            out = Path(out_dir) / name
-            own = Path(dataset_runs or "") / job.element / f"{job.id}.json.gz"
-            if s == DEFAULT_SETTINGS and dataset_runs and own.exists() and pending([job], out) \
-                    and not read_json(own)["retried"]:
-                atomic_write_bytes(out / job.element / own.name, own.read_bytes())
-            if pending([job], out):
-                tasks.append((job, structures[job.structure_id], str(out), s, stage_timeout))
+    tasks = [(job, structures[job.structure_id], str(Path(out_dir) / name), s, stage_timeout)
+             for job in sites for name, s in settings.items() if pending([job], Path(out_dir) / name)]
     log.info("%d of %d convergence runs pending in %s", len(tasks), len(sites) * len(settings), out_dir)
     return run_tasks(tasks, workers, desc="convergence")
 
@@ -165,8 +157,7 @@ def _main(argv: list[str] | None = None) -> None:
         sites.sort(key=lambda j: read_json(Path(args.runs) / j.element / f"{j.id}.json.gz")["seconds"])
         atomic_write_json(pinned, [dataclasses.asdict(j) for j in sites])
     log.info("study sites: %s", ", ".join(j.id for j in sites))
-    log.info("convergence: %s", run_study(sites, plan["structures"], args.out, args.workers,
-                                          args.stage_timeout, dataset_runs=args.runs))
+    log.info("convergence: %s", run_study(sites, plan["structures"], args.out, args.workers, args.stage_timeout))
 
 
 if __name__ == "__main__":
