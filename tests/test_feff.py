@@ -115,3 +115,22 @@ def test_safer_settings_change_scf_only():
     no_scf = FeffSettings(scf_radius=0).tags()
     assert "SCF" not in no_scf and "SCF" in no_scf["_del"]
     assert FeffSettings().tags()["SCF"].startswith("3.0 ")
+
+
+def test_plan_is_round_robin_over_elements_and_libraries():
+    from pymatgen.core import Lattice, Structure
+
+    from xanes_utils.feff import plan_jobs
+    from xanes_utils.structures import SourceStructure
+
+    def cell(metal, a, library, i):
+        s = Structure(Lattice.cubic(a), [metal, "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+        return SourceStructure(f"{library}-{metal}-{i}", s, {"library": library})
+
+    library = [cell("Fe", 4.3 + 0.01 * i, "aflow", i) for i in range(6)] + [cell("Fe", 4.2, "pymatgen", 0)]
+    library += [cell("Mo", 4.5 + 0.01 * i, "aflow", i) for i in range(3)]
+    jobs = plan_jobs(library, seed=1)
+    assert len(jobs) == len({j.id for j in jobs}) == 10
+    assert [j.element for j in jobs[:6]] == ["Fe", "Mo"] * 3
+    fe = [j.structure_id for j in jobs if j.element == "Fe"]
+    assert fe[:2].count("pymatgen-Fe-0") == 1  # the lone example is not pushed behind six AFLOW cells

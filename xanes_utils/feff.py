@@ -305,27 +305,33 @@ def _execute(args: list[tuple], workers: int | None, scheduler) -> Iterator[tupl
 def plan_jobs(library: list, seed: int = 0) -> list[Job]:
     """Order every (structure, symmetry-distinct absorber site) round-robin over the 20 elements.
 
-    Within an element, structures are shuffled with ``seed``; each structure's first distinct site comes
-    before any structure's second, so a partial dataset is balanced over elements and diverse.
+    Within an element, structures are shuffled with ``seed`` and alternate between source libraries
+    (so the few example oxides are not drowned by thousands of AFLOW substitutions); each structure's
+    first distinct site comes before any structure's second, so a partial dataset is balanced over
+    elements and diverse.
     """
     from xanes_utils.elements import ELEMENTS
     from xanes_utils.structures import distinct_sites
 
     rng = np.random.default_rng(seed)
-    per_element: dict[str, list[Job]] = {}
+    per_element: list[list[Job]] = []
     for el in ELEMENTS:
-        firsts, rest = [], []
+        firsts: dict[str, list[Job]] = {}
+        rest: dict[str, list[Job]] = {}
         for item in (library[i] for i in rng.permutation(len(library))):
             if el not in {e.symbol for e in item.structure.composition.elements}:
                 continue
             sites = distinct_sites(item.structure, el)
-            firsts.append(Job(item.id, sites[0], el))
-            rest.extend(Job(item.id, s, el) for s in sites[1:])
-        per_element[el] = firsts + rest
-    ordered = []
-    for i in range(max(len(v) for v in per_element.values())):
-        ordered.extend(v[i] for v in per_element.values() if i < len(v))
-    return ordered
+            lib = item.source.get("library", "")
+            firsts.setdefault(lib, []).append(Job(item.id, sites[0], el))
+            rest.setdefault(lib, []).extend(Job(item.id, s, el) for s in sites[1:])
+        per_element.append(_interleave(list(firsts.values())) + _interleave(list(rest.values())))
+    return _interleave(per_element)
+
+
+def _interleave(groups: list[list]) -> list:
+    """Round-robin over ``groups``: the first item of each, then the second of each, and so on."""
+    return [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]
 
 
 def _main(argv: list[str] | None = None) -> None:
