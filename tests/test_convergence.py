@@ -99,3 +99,12 @@ def test_run_study_lists_every_setting_of_every_site_and_skips_finished(tmp_path
     assert len(names) == 2 * (1 + len(convergence.CANDIDATES)) - 1
     assert (a.id, "reference") not in names and (b.id, "reference") in names
     assert all(t[3] == DEFAULT_SETTINGS for t in seen if t[2].endswith("scf3_fms5"))
+
+
+def test_run_study_can_run_only_named_settings(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(convergence, "run_tasks", lambda tasks, workers, desc: seen.extend(tasks) or {})
+    convergence.run_study([Job("x", 0, "Fe")], {"x": {}}, tmp_path, names=["scf3_fms5"])
+    assert [t[2].split("/")[-1] for t in seen] == ["scf3_fms5"]
+    with pytest.raises(ValueError, match="unknown settings"):
+        convergence.run_study([Job("x", 0, "Fe")], {"x": {}}, tmp_path, names=["scf9"])

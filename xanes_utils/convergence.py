@@ -58,13 +58,18 @@ def study_sites(jobs: list[Job], runs_dir: str | Path, elements=STUDY_ELEMENTS) 
 
 
 def run_study(sites: list[Job], structures: dict[str, dict], out_dir: str | Path, workers: int | None = None,
-              stage_timeout: float | None = 3600.0) -> dict[str, int]:
-    """Run the reference and every candidate on ``sites`` (site by site, reference first); resumable.
+              stage_timeout: float | None = 3600.0, names: list[str] | None = None) -> dict[str, int]:
+    """Run the reference and every candidate (or only ``names``) on ``sites``, site by site, reference
+    first; resumable.
 
     Every spectrum is computed here, under the same conditions, so the seconds compare fairly (the
     dataset's own records of these sites were computed beside other work).
     """
     settings = {"reference": REFERENCE, **CANDIDATES}
+    unknown = set(names or []) - set(settings)
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; known: {', '.join(settings)}")
+    settings = {k: v for k, v in settings.items() if not names or k in names}
     tasks = [(job, structures[job.structure_id], str(Path(out_dir) / name), s, stage_timeout)
              for job in sites for name, s in settings.items() if pending([job], Path(out_dir) / name)]
     log.info("%d of %d convergence runs pending in %s", len(tasks), len(sites) * len(settings), out_dir)
@@ -145,6 +150,7 @@ def _main(argv: list[str] | None = None) -> None:
     run.add_argument("--out", default="data/convergence")
     run.add_argument("--workers", type=int, default=None)
     run.add_argument("--stage-timeout", type=float, default=3600.0)
+    run.add_argument("--only", nargs="*", default=None, help="run only these settings (e.g. reference scf3_fms5)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     plan = read_json(args.plan)
@@ -157,7 +163,8 @@ def _main(argv: list[str] | None = None) -> None:
         sites.sort(key=lambda j: read_json(Path(args.runs) / j.element / f"{j.id}.json.gz")["seconds"])
         atomic_write_json(pinned, [dataclasses.asdict(j) for j in sites])
     log.info("study sites: %s", ", ".join(j.id for j in sites))
-    log.info("convergence: %s", run_study(sites, plan["structures"], args.out, args.workers, args.stage_timeout))
+    log.info("convergence: %s", run_study(sites, plan["structures"], args.out, args.workers, args.stage_timeout,
+                                          args.only))
 
 
 if __name__ == "__main__":
