@@ -1,6 +1,7 @@
 """FEFF10 seconds per spectrum, per element, from the finished records of a generation run.
 
     python benchmarks/feff_timing.py [--runs data/feff_runs]
+    python benchmarks/feff_timing.py --study data/convergence     # seconds per settings of the study
 
 Each record stores the wall time of its FEFF run(s) on one core (a retry included); this prints a
 markdown table for BENCHMARKS.md.
@@ -24,7 +25,11 @@ from xanes_utils.io import read_json  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", default="data/feff_runs")
+    parser.add_argument("--study", default=None, help="a convergence-study directory instead of --runs")
     args = parser.parse_args()
+    if args.study:
+        study_table(Path(args.study))
+        return
     runs = Path(args.runs)
     seconds: dict[str, list[float]] = {}
     retried = 0
@@ -43,6 +48,17 @@ def main() -> None:
             print(f"| {el} | {s.size} | {np.median(s):.0f} | {s.mean():.0f} | {s.max():.0f} |")
     print(f"| all | {every.size} | {np.median(every):.0f} | {every.mean():.0f} | {every.max():.0f} |")
     print(f"\n{retried} spectra needed the safer-settings retry; {failed} sites failed twice and were skipped.")
+
+
+def study_table(study: Path) -> None:
+    """Seconds per spectrum of every setting of the convergence study, on the same sites."""
+    from xanes_utils.convergence import compare_runs
+
+    table = compare_runs(study)
+    print(f"Machine: {describe()}; {table.id.nunique()} sites, the same for every setting\n")
+    print("| settings | median s | mean s | max s |\n|---|---:|---:|---:|")
+    for name, s in table.groupby("candidate")["seconds"]:
+        print(f"| {name} | {s.median():.0f} | {s.mean():.0f} | {s.max():.0f} |")
 
 
 if __name__ == "__main__":
