@@ -356,6 +356,9 @@ def _main(argv: list[str] | None = None) -> None:
         from xanes_utils.structures import build_library
 
         library = build_library(include_minerals=not args.no_minerals)
+        # sites are chosen on the structures as stored in the plan (and as FEFF will see them): symmetry
+        # finding can differ after the dict round trip for a few structures
+        library = [dataclasses.replace(s, structure=Structure.from_dict(s.structure.as_dict())) for s in library]
         jobs = plan_jobs(library)
         atomic_write_json(args.out, {
             "jobs": [dataclasses.asdict(j) for j in jobs],
