@@ -108,3 +108,19 @@ def test_run_study_can_run_only_named_settings(tmp_path, monkeypatch):
     assert [t[2].split("/")[-1] for t in seen] == ["scf3_fms5"]
     with pytest.raises(ValueError, match="unknown settings"):
         convergence.run_study([Job("x", 0, "Fe")], {"x": {}}, tmp_path, names=["scf9"])
+
+
+def test_cli_pins_the_study_sites_across_plan_changes(tmp_path, monkeypatch):
+    runs, out, plan = tmp_path / "runs", tmp_path / "study", tmp_path / "plan.json.gz"
+    jobs = [Job("a", 0, el) for el in convergence.STUDY_ELEMENTS] + [Job("b", 0, el) for el in convergence.STUDY_ELEMENTS]
+    for i, job in enumerate(jobs):
+        atomic_write_json(runs / job.element / f"{job.id}.json.gz", {"seconds": float(len(jobs) - i)})
+    picked = []
+    monkeypatch.setattr(convergence, "run_study", lambda sites, *a: picked.append(sites) or {})
+    argv = ["run", "--plan", str(plan), "--runs", str(runs), "--out", str(out)]
+    atomic_write_json(plan, {"jobs": [vars(j) for j in jobs], "structures": {}})
+    convergence._main(argv)
+    atomic_write_json(plan, {"jobs": [vars(j) for j in reversed(jobs)], "structures": {}})
+    convergence._main(argv)
+    assert {j.structure_id for j in picked[0]} == {"a"} and picked[1] == picked[0]
+    assert [j.element for j in picked[0]] == list(reversed(convergence.STUDY_ELEMENTS))  # cheapest first
