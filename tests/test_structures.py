@@ -51,6 +51,8 @@ def test_deduplicate_keeps_first_of_equivalent_structures():
     b = SourceStructure("b", rocksalt().get_primitive_structure())
     c = SourceStructure("c", rocksalt("Co", 4.26))
     assert [s.id for s in deduplicate([a, b, c])] == ["a", "c"]
+    with pytest.raises(ValueError, match="repeated: a"):
+        deduplicate([a, SourceStructure("a", rocksalt("Co", 4.26))])
 
 
 def test_aflow_library_is_packaged_and_ordered():
@@ -58,6 +60,9 @@ def test_aflow_library_is_packaged_and_ordered():
     assert len(protos) > 250
     assert all(p.structure.is_ordered for p in protos)
     assert all(p.source["library"] == "aflow" for p in protos)
+    # labels repeat in the library (marcasite and CaCl2 share AB2_oP6_58_a_g); ids must not
+    assert len({p.id for p in protos}) == len(protos)
+    assert {"aflow-AB2_oP6_58_a_g-FeS2", "aflow-AB2_oP6_58_a_g-CaCl2"} <= {p.id for p in protos}
 
 
 def test_pymatgen_examples_are_packaged_ordered_and_unique():

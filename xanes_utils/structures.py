@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.util import find_spec
@@ -60,19 +61,23 @@ def _aflow_path() -> str:
 
 
 def aflow_prototypes() -> list[SourceStructure]:
-    """Ordered structures of pymatgen's AFLOW prototype library, with their AFLOW labels."""
+    """Ordered structures of pymatgen's AFLOW prototype library, with their AFLOW labels.
+
+    A label is not unique in the library (marcasite FeS2, CaCl2 and Fe2C are all ``AB2_oP6_58_a_g``):
+    the id is ``aflow-<label>`` for a unique label and ``aflow-<label>-<reduced formula>`` otherwise.
+    """
     from monty.serialization import loadfn
 
+    entries = [e for e in loadfn(_aflow_path()) if e["snl"].structure.is_ordered]
+    label_count = Counter(e["tags"]["aflow"] for e in entries)
     out = []
-    for entry in loadfn(_aflow_path()):
-        structure = entry["snl"].structure
-        tags = entry["tags"]
-        if not structure.is_ordered:
-            continue
+    for entry in entries:
+        structure, label = entry["snl"].structure, entry["tags"]["aflow"]
+        suffix = f"-{structure.composition.reduced_formula}" if label_count[label] > 1 else ""
         out.append(SourceStructure(
-            id=f"aflow-{tags['aflow']}",
+            id=f"aflow-{label}{suffix}",
             structure=structure,
-            source={"library": "aflow", "prototype": tags["aflow"], "mineral": tags.get("mineral", "")},
+            source={"library": "aflow", "prototype": label, "mineral": entry["tags"].get("mineral", "")},
         ))
     return out
 
@@ -224,7 +229,13 @@ def build_library(include_minerals: bool = True, max_sites: int = MAX_SITES) -> 
 
 
 def deduplicate(items: list[SourceStructure]) -> list[SourceStructure]:
-    """Drop structures that StructureMatcher finds equivalent to an earlier one (first kept)."""
+    """Drop structures that StructureMatcher finds equivalent to an earlier one (first kept).
+
+    Ids must be unique: they name the spectra computed from a structure.
+    """
+    repeated = sorted(i for i, n in Counter(item.id for item in items).items() if n > 1)
+    if repeated:
+        raise ValueError(f"structure ids must be unique; repeated: {', '.join(repeated[:5])}")
     matcher = StructureMatcher()
     by_formula: dict[str, list[SourceStructure]] = {}
     for item in items:
