@@ -10,7 +10,7 @@ from pymatgen.core import Lattice, Structure
 
 from xanes_utils import feff
 from xanes_utils.elements import E_START, UnsupportedElementError, energy_grid
-from xanes_utils.feff import FeffRunError, FeffSettings, Job, compute_spectrum, generate, pending, to_grid
+from xanes_utils.feff import FeffRunError, FeffSettings, Job, balanced, compute_spectrum, generate, pending, to_grid
 from xanes_utils.io import read_json
 from xanes_utils.structures import StructureError
 
@@ -134,3 +134,15 @@ def test_plan_is_round_robin_over_elements_and_libraries():
     assert [j.element for j in jobs[:6]] == ["Fe", "Mo"] * 3
     fe = [j.structure_id for j in jobs if j.element == "Fe"]
     assert fe[:2].count("pymatgen-Fe-0") == 1  # the lone example is not pushed behind six AFLOW cells
+
+
+def test_pending_jobs_are_balanced_towards_elements_with_fewer_spectra(tmp_path):
+    jobs = [Job(f"s{i}", 0, el) for i in range(3) for el in ("Fe", "Mo", "Cd")]  # plan: Fe Mo Cd Fe Mo Cd ...
+    for i in range(2):  # two finished Fe spectra, one Mo
+        (tmp_path / "Fe").mkdir(exist_ok=True)
+        (tmp_path / "Fe" / f"done{i}.json.gz").write_bytes(b"x")
+    (tmp_path / "Mo").mkdir()
+    (tmp_path / "Mo" / "done0.json.gz").write_bytes(b"x")
+    order = [j.element for j in balanced(jobs, tmp_path)]
+    assert order == ["Cd", "Mo", "Cd", "Fe", "Mo", "Cd", "Fe", "Mo", "Fe"]
+    assert set(balanced(jobs, tmp_path)) == set(jobs)

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,17 +245,34 @@ def pending(jobs: Iterable[Job], out_dir: str | Path) -> list[Job]:
     return [j for j in jobs if not _done_path(out_dir, j).exists() and not _failed_path(out_dir, j).exists()]
 
 
+def balanced(todo: list[Job], out_dir: str | Path) -> list[Job]:
+    """Reorder pending jobs so that the elements with the fewest finished spectra catch up first.
+
+    The k-th pending job of an element gets the key ``finished(element) + k``; jobs are stably sorted by
+    it, so the plan's round-robin order is kept among equals. After an interrupted run, failures or a
+    changed plan, this keeps the dataset balanced over elements.
+    """
+    finished = Counter(p.parent.name for p in Path(out_dir).glob("*/*.json.gz"))
+    seen: Counter = Counter()
+    keys = []
+    for job in todo:
+        keys.append(finished[job.element] + seen[job.element])
+        seen[job.element] += 1
+    return [job for _, job in sorted(zip(keys, todo), key=lambda kv: kv[0])]
+
+
 def generate(jobs: list[Job], structures: dict[str, dict], out_dir: str | Path, workers: int | None = None,
              settings: FeffSettings = DEFAULT_SETTINGS, stage_timeout: float | None = 900.0,
              scheduler: str | None = None) -> dict[str, int]:
-    """Run every pending job and persist its result under ``out_dir``; return counts of outcomes.
+    """Run every pending job (see :func:`balanced` for the order) and persist its result under ``out_dir``;
+    return counts of outcomes.
 
     ``structures`` maps structure ids to pymatgen structure dicts. With ``scheduler`` (a Dask
     ``distributed`` address, or a ``distributed.Client``), jobs run on that cluster; otherwise in a local
     process pool of ``workers`` processes (default: one per core).
     """
     out_dir = str(out_dir)
-    todo = pending(jobs, out_dir)
+    todo = balanced(pending(jobs, out_dir), out_dir)
     log.info("%d of %d jobs pending in %s", len(todo), len(jobs), out_dir)
     tasks = [(job, structures[job.structure_id], out_dir, settings, stage_timeout) for job in todo]
     return {**run_tasks(tasks, workers, scheduler), "skipped": len(jobs) - len(todo)}
