@@ -89,17 +89,19 @@ def train_or_load(prep: Prepared, profile: Profile, data: str | Path | None, nam
                   progress: bool = True) -> tuple[XanesGAT, History]:
     """Train on the training split restricted to ``elements`` (all: mixed), or load the cached checkpoint."""
     path = model_path(profile, data, name)
+    model_config = getattr(ModelConfig, profile.model)()
     if path.exists() and not retrain:
         payload = load_checkpoint(path)
-        if payload["extra"].get("fingerprint") == prep.fingerprint:
+        if (payload["extra"].get("fingerprint") == prep.fingerprint
+                and ModelConfig.from_dict(payload["model_config"]) == model_config):
             return load_model(path), History(**payload["history"])
-        log.info("%s was trained on other data or another split: retraining", path)
+        log.info("%s was trained on other data, another split or another architecture: retraining", path)
     keep = set(elements) if elements is not None else None
     pick = [g for g in prep.subset("train") if keep is None or g.element in keep]
     val = [g for g in prep.subset("val") if keep is None or g.element in keep]
     config = TrainConfig(epochs=epochs or profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
                          seed=profile.seed)
-    model, history = train(pick, val, getattr(ModelConfig, profile.model)(), config, progress=progress)
+    model, history = train(pick, val, model_config, config, progress=progress)
     save_checkpoint(path, model, config, history=history,
                     extra={"elements": list(elements) if elements else "all", "profile": profile.name,
                            "n_train": len(pick), "n_val": len(val), "fingerprint": prep.fingerprint})
