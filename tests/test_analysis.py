@@ -21,6 +21,7 @@ from xanes_utils.analysis import (
     homology_vs_distance,
     linear_cka,
     neuron_table,
+    ranked_counts,
     record_responses,
     representation_similarity,
     sample_properties,
@@ -319,3 +320,10 @@ def test_attention_decomposition_recovers_species_factor():
     pooled = attention_variance_decomposition(attention_table(attention, graphs),
                                               factors=("element", "neighbour", "head"))
     assert pooled.set_index("term").at["interaction", "r2"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ranked_counts_breaks_ties_by_value():
+    values = pd.Series(["S", "Zn", "O", "Al", "Zn", "S", "O", "O", "Co"])
+    assert ranked_counts(values).to_dict() == {"O": 3, "S": 2, "Zn": 2, "Al": 1, "Co": 1}
+    assert list(ranked_counts(values, 3).index) == ["O", "S", "Zn"]
+    assert list(ranked_counts(values[::-1].reset_index(drop=True), 3).index) == ["O", "S", "Zn"]

@@ -221,6 +221,13 @@ def record_responses(model: torch.nn.Module, graphs: Sequence[Any],
     return responses, np.concatenate(attention)
 
 
+def ranked_counts(values: pd.Series, n: int | None = None) -> pd.Series:
+    """Counts of each value, most common first and ties by value, so the order never depends on hashing
+    (``Series.value_counts`` leaves ties in an order that can change between processes)."""
+    counts = values.value_counts().sort_index(kind="stable")
+    return counts.sort_values(ascending=False, kind="stable").iloc[:n]
+
+
 def sample_properties(graphs: Sequence[Any]) -> pd.DataFrame:
     """Per-sample properties for the selectivity analyses, one row per graph (same order).
 
