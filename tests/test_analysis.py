@@ -25,6 +25,7 @@ from xanes_utils.analysis import (
     record_responses,
     representation_similarity,
     sample_properties,
+    uniform_attention_heads,
 )
 from xanes_utils.elements import ELEMENTS
 
@@ -327,3 +328,9 @@ def test_ranked_counts_breaks_ties_by_value():
     assert ranked_counts(values).to_dict() == {"O": 3, "S": 2, "Zn": 2, "Al": 1, "Co": 1}
     assert list(ranked_counts(values, 3).index) == ["O", "S", "Zn"]
     assert list(ranked_counts(values[::-1].reset_index(drop=True), 3).index) == ["O", "S", "Zn"]
+
+
+def test_uniform_attention_heads_are_named():
+    table = pd.DataFrame({"head": [0, 0, 1, 1, 2, 2], "weight_norm": [1.0, 1.0, 0.5, 1.5, 1.0, 1.0 + 1e-9]})
+    assert uniform_attention_heads(table) == [0, 2]
+    assert uniform_attention_heads(table, atol=1e-12) == [0]

@@ -879,6 +879,13 @@ def _adjusted(r2: float, n: int, n_params: int) -> float:
     return float(1 - (1 - r2) * (n - 1) / (n - n_params)) if n > n_params else float("nan")
 
 
+def uniform_attention_heads(table: pd.DataFrame, atol: float = 1e-6) -> list[int]:
+    """Heads whose weights are uniform to ``atol`` (std of ``weight_norm`` = weight x neighbours): each
+    neighbour gets exactly 1/n, as a saturated tanh score gives; such heads have no variance to decompose."""
+    spread = table.groupby("head")["weight_norm"].std()
+    return [int(h) for h in spread.index[spread < atol]]
+
+
 def attention_variance_decomposition(table: pd.DataFrame, value: str = "weight_norm",
                                      factors: Sequence[str] = ("element", "neighbour", "distance_bin"),
                                      n_distance_bins: int = 8, by_head: bool = False) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xanes_utils.dataset import finished_record_paths
 from xanes_utils.feff import DEFAULT_SETTINGS, MP_SETTINGS, FeffSettings, Job, pending, run_tasks
 from xanes_utils.io import atomic_write_json, read_json
 
@@ -103,7 +104,7 @@ def compare_runs(out_dir: str | Path) -> pd.DataFrame:
     rows (scores 0/1 by definition, its seconds); sites whose reference failed are left out."""
     out_dir = Path(out_dir)
     rows = []
-    for ref_path in sorted((out_dir / "reference").glob("*/*.json.gz")):
+    for ref_path in finished_record_paths(out_dir / "reference"):
         ref = read_json(ref_path)
         base = {"id": ref["id"], "element": ref["absorbing_element"], "n_atoms": len(ref["structure"]["sites"])}
         rows.append({**base, "candidate": "reference", **compare(ref, ref)})

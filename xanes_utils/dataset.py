@@ -58,6 +58,11 @@ def manifest_path(path: Path) -> Path:
     return path.with_name(path.name.replace(".json.gz", "") + ".manifest.json")
 
 
+def finished_record_paths(runs_dir: str | Path) -> list[Path]:
+    """Finished FEFF records under ``runs_dir`` (``<element>/<spectrum id>.json.gz``), sorted by path."""
+    return [p for p in sorted(Path(runs_dir).glob("*/*.json.gz")) if p.parent.name in ELEMENTS]
+
+
 def pack(runs_dir: str | Path, out: str | Path = DEFAULT_DATASET, plan: str | Path = DATA_DIR / "plan.json.gz"
          ) -> dict:
     """Pack every finished FEFF record under ``runs_dir`` into ``out`` and write its manifest.
@@ -67,9 +72,7 @@ def pack(runs_dir: str | Path, out: str | Path = DEFAULT_DATASET, plan: str | Pa
     runs_dir, out = Path(runs_dir), Path(out)
     sources = read_json(plan)["sources"] if Path(plan).exists() else {}
     records, structures, settings = [], {}, collections.Counter()
-    for path in sorted(runs_dir.glob("*/*.json.gz")):
-        if path.parent.name not in ELEMENTS:
-            continue
+    for path in finished_record_paths(runs_dir):
         rec = read_json(path)
         structures[rec["structure_id"]] = rec["structure"]
         settings[json.dumps(rec["settings"], sort_keys=True)] += 1

@@ -27,6 +27,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from pymatgen.core import Structure
 
+from xanes_utils.dataset import finished_record_paths
 from xanes_utils.elements import check_element, energy_grid
 from xanes_utils.io import atomic_write_json, read_json
 from xanes_utils.structures import check_structure
@@ -252,7 +253,7 @@ def balanced(todo: list[Job], out_dir: str | Path) -> list[Job]:
     it, so the plan's round-robin order is kept among equals. After an interrupted run, failures or a
     changed plan, this keeps the dataset balanced over elements.
     """
-    finished = Counter(p.parent.name for p in Path(out_dir).glob("*/*.json.gz"))
+    finished = Counter(p.parent.name for p in finished_record_paths(out_dir))
     seen: Counter = Counter()
     keys = []
     for job in todo:
