@@ -215,9 +215,13 @@ def load_checkpoint(path: str | Path | None = None) -> dict:
     return payload
 
 
-def load_model(path: str | Path | None = None, device: str = "cpu") -> XanesGAT:
-    """The model of a checkpoint (``None``: the committed default trained on the embedded data)."""
-    payload = load_checkpoint(path)
+def model_from_checkpoint(payload: dict, device: str = "cpu") -> XanesGAT:
+    """The model (eval mode) of a checkpoint dict read by :func:`load_checkpoint`."""
     model = XanesGAT(ModelConfig.from_dict(payload["model_config"]))
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval()
+
+
+def load_model(path: str | Path | None = None, device: str = "cpu") -> XanesGAT:
+    """The model of a checkpoint (``None``: the committed default trained on the embedded data)."""
+    return model_from_checkpoint(load_checkpoint(path), device)

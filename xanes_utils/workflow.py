@@ -21,7 +21,8 @@ from xanes_utils.io import atomic_write_json, read_json
 from xanes_utils.model import ModelConfig, XanesGAT
 from xanes_utils.profiles import Profile, cache_dir
 from xanes_utils.train import (
-    DEFAULT_MODEL, History, TrainConfig, load_checkpoint, load_model, save_checkpoint, split_indices, train,
+    DEFAULT_MODEL, History, TrainConfig, load_checkpoint, model_from_checkpoint, save_checkpoint, split_indices,
+    train,
 )
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def train_or_load(prep: Prepared, profile: Profile, data: str | Path | None, nam
         payload = load_checkpoint(path)
         if (payload["extra"].get("fingerprint") == prep.fingerprint
                 and ModelConfig.from_dict(payload["model_config"]) == model_config):
-            return load_model(path), History(**payload["history"])
+            return model_from_checkpoint(payload), History(**payload["history"])
         log.info("%s was trained on other data, another split or another architecture: retraining", path)
     keep = set(elements) if elements is not None else None
     pick = [g for g in prep.subset("train") if keep is None or g.element in keep]
