@@ -323,6 +323,23 @@ def test_attention_decomposition_recovers_species_factor():
     assert pooled.set_index("term").at["interaction", "r2"] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_attention_decomposition_finds_element_through_its_pair_with_neighbour():
+    """Absorber A favours N over O, absorber B the reverse: no main effect, all in element×neighbour."""
+    rng = np.random.default_rng(0)
+    element = np.repeat(["Fe", "Mo"], 400)
+    neighbour = np.tile(["N", "O"], 400)
+    favoured = (element == "Fe") == (neighbour == "N")
+    table = pd.DataFrame({"head": 0, "element": element, "neighbour": neighbour,
+                          "distance": rng.uniform(1.8, 3.0, 800),
+                          "weight_norm": np.where(favoured, 1.5, 0.5) + rng.normal(0, 0.01, 800)})
+    terms = attention_variance_decomposition(table, by_head=True).set_index("term")
+    assert terms.at["element", "r2"] < 0.01 and terms.at["neighbour", "r2"] < 0.01
+    assert terms.at["element×neighbour", "delta_r2"] > 0.95
+    assert terms.at["element×neighbour", "r2_adj"] - terms.at["additive", "r2_adj"] > 0.95
+    no_pair = attention_variance_decomposition(table.assign(weight_norm=rng.normal(1, 0.1, 800)), by_head=True)
+    assert no_pair.set_index("term").at["element×neighbour", "delta_r2"] < 0.02
+
+
 def test_ranked_counts_breaks_ties_by_value():
     values = pd.Series(["S", "Zn", "O", "Al", "Zn", "S", "O", "O", "Co"])
     assert ranked_counts(values).to_dict() == {"O": 3, "S": 2, "Zn": 2, "Al": 1, "Co": 1}

@@ -69,12 +69,12 @@ def test_attention_weights_normalised_over_real_neighbours(batch):
     assert mask[6].sum() == 4  # the padded cluster graph is in the batch
 
 
-@pytest.mark.parametrize("readout", ["local", "cell"])
+@pytest.mark.parametrize("readout, attention", [("local", "centred"), ("cell", "centred"), ("local", "paper")])
 @pytest.mark.parametrize("preset", ["tiny", "cpu", "paper"])
-def test_fast_equals_reference_train_and_eval(batch, readout, preset):
+def test_fast_equals_reference_train_and_eval(batch, readout, attention, preset):
     config = {"tiny": TINY, "cpu": ModelConfig.cpu(), "paper": ModelConfig.paper()}[preset]
     torch.manual_seed(0)
-    fast = XanesGAT(ModelConfig.from_dict(config.to_dict() | {"readout": readout}))
+    fast = XanesGAT(ModelConfig.from_dict(config.to_dict() | {"readout": readout, "attention": attention}))
     ref = copy.deepcopy(fast)
     for train in (True, True, False):  # two training steps move the running stats, then eval
         out_f, int_f = run(fast, batch, "fast", train)
@@ -96,6 +96,33 @@ def test_readouts_differ_and_state_dict_loads_across_implementations(batch):
     cell = XanesGAT(ModelConfig.from_dict(TINY.to_dict() | {"readout": "cell", "implementation": "reference"}))
     cell.load_state_dict(local.state_dict())  # same keys whatever the readout or implementation
     assert not torch.allclose(local(batch), cell.eval()(batch))
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_centred_score_survives_a_shared_offset_that_saturates_the_papers(batch, impl):
+    """A large offset shared by all of an absorber's scores (here from the key bias) saturates the paper's
+    tanh into exactly uniform weights; the centred score ignores it, as the softmax itself would."""
+    torch.manual_seed(0)  # float64: the offset cancels to ~1e-12, not to float32's ~1e-4 at these scores
+    centred = XanesGAT(TINY).double().eval()
+    paper = XanesGAT(ModelConfig.from_dict(TINY.to_dict() | {"attention": "paper"})).double().eval()
+    batch = batch.clone()
+    batch.x, batch.edge_attr = batch.x.double(), batch.edge_attr.double()
+    with torch.no_grad():
+        for head in centred.heads:
+            head.att.mul_(20.0)  # clearly non-uniform weights (at initialisation they differ by ~2 %)
+        paper.load_state_dict(centred.state_dict())
+        before = centred(batch, return_internals=True, implementation=impl)[1]["attention_weights"]
+        for model in (centred, paper):
+            for head in model.heads:
+                head.lin_k.bias.fill_(300.0)
+    mask = batch.edge_mask.view(-1, 20)
+    weights = {name: model(batch, return_internals=True, implementation=impl)[1]["attention_weights"]
+               for name, model in (("centred", centred), ("paper", paper))}
+    uniform = (1.0 / mask.sum(1, keepdim=True).double()).expand_as(mask)[mask]
+    for h in range(TINY.heads):
+        assert torch.allclose(weights["paper"][..., h][mask], uniform, atol=1e-6)
+        assert (weights["centred"][..., h][mask] / uniform).std() > 0.05
+        assert torch.allclose(weights["centred"][..., h], before[..., h], atol=1e-9)
 
 
 def test_gradients_flow_and_agree(batch):
@@ -141,5 +168,9 @@ def test_config_round_trip_and_validation():
         ModelConfig(readout="global")
     with pytest.raises(ValueError, match="implementation"):
         ModelConfig(implementation="turbo")
+    with pytest.raises(ValueError, match="attention"):
+        ModelConfig(attention="softmax")
+    legacy = {k: v for k, v in config.to_dict().items() if k != "attention"}  # checkpoints before the option
+    assert ModelConfig.from_dict(legacy).attention == "paper" and config.attention == "centred"
     with pytest.raises(ValueError, match="unknown"):
         ModelConfig.from_dict({"conv_dim": [1]})

@@ -13,7 +13,8 @@ from xanes_utils.model import ModelConfig, XanesGAT
 from xanes_utils.predict import predict
 from xanes_utils.structures import StructureError
 from xanes_utils.train import (
-    TrainConfig, load_checkpoint, load_model, predict_graphs, save_checkpoint, split_indices, train,
+    TrainConfig, load_checkpoint, load_model, predict_graphs, save_checkpoint, split_indices, steps_per_epoch,
+    train,
 )
 
 TINY = ModelConfig(conv_dims=(16, 16, 16), heads=3, head_dim=8, mlp_dims=(16, 16))
@@ -36,6 +37,16 @@ def toy_graphs():
         g.y = torch.tensor(1 / (1 + np.exp(-(x - (a - 4.0)) * 20)), dtype=torch.float32).unsqueeze(0)
         graphs.append(g)
     return graphs
+
+
+@pytest.mark.parametrize("n, batch_size", [(6, 4), (6, 3), (6, 8), (6, 6)])
+def test_steps_per_epoch_counts_the_optimiser_steps_of_train(n, batch_size, monkeypatch):
+    calls = []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k))
+    graphs = toy_graphs()[:n]
+    train(graphs, graphs[:2], TINY, TrainConfig(epochs=2, batch_size=batch_size), progress=False)
+    assert len(calls) == 2 * steps_per_epoch(n, batch_size) == 2 * {4: 1, 3: 2, 8: 1, 6: 1}[batch_size]
 
 
 def test_split_by_material_keeps_groups_together():

@@ -888,7 +888,9 @@ def uniform_attention_heads(table: pd.DataFrame, atol: float = 1e-6) -> list[int
 
 def attention_variance_decomposition(table: pd.DataFrame, value: str = "weight_norm",
                                      factors: Sequence[str] = ("element", "neighbour", "distance_bin"),
-                                     n_distance_bins: int = 8, by_head: bool = False) -> pd.DataFrame:
+                                     n_distance_bins: int = 8, by_head: bool = False,
+                                     pairs: Sequence[tuple[str, str]] = (("element", "neighbour"),)
+                                     ) -> pd.DataFrame:
     """How much of the attention-weight variance each factor explains.
 
     ``value`` defaults to ``weight_norm`` (weight x number of real neighbours), so that the 1/n
@@ -899,8 +901,12 @@ def attention_variance_decomposition(table: pd.DataFrame, value: str = "weight_n
     factor), i.e. the variance only that factor explains. Row ``additive``: R^2 of the additive
     model (``delta_r2`` NaN). Row ``interaction``: eta-squared of the full cross-classification
     (every combination of the factors as a cell); its ``delta_r2`` is what the interactions add
-    over the additive model. ``r2_adj`` is the adjusted R^2 (penalises the many cells), ``n_levels``
-    the number of levels (cells) or fitted parameters. With ``by_head`` one block per head,
+    over the additive model. One row per pair in ``pairs``, term ``"a×b"``: the additive model plus a
+    one-hot of every (a, b) combination; ``delta_r2`` is its gain over the additive model. A factor
+    that is constant within a sample (the absorbing element) has no main effect on ``weight_norm`` by
+    construction (each sample's values average to 1); it can only act through such a pair, i.e. by
+    changing which neighbours get the weight. Compare ``r2_adj`` of a pair with the ``additive`` row's:
+    the many cells are penalised there. ``n_levels`` is the number of levels (cells) or fitted parameters. With ``by_head`` one block per head,
     otherwise heads are pooled (``head`` = "all").
     """
     frame = table
@@ -923,6 +929,11 @@ def attention_variance_decomposition(table: pd.DataFrame, value: str = "weight_n
                          "r2_adj": _adjusted(r2, n, levels), "delta_r2": r2_full - r2_without})
         rows.append({"head": head, "term": "additive", "n_levels": p_full, "r2": r2_full,
                      "r2_adj": _adjusted(r2_full, n, p_full), "delta_r2": np.nan})
+        for a, b in pairs:
+            pair_codes = pd.factorize(pd.MultiIndex.from_arrays([codes[a], codes[b]]))[0]
+            r2_pair, p_pair = _additive_r2(y, [*(codes[f] for f in factors), pair_codes])
+            rows.append({"head": head, "term": f"{a}×{b}", "n_levels": p_pair, "r2": r2_pair,
+                         "r2_adj": _adjusted(r2_pair, n, p_pair), "delta_r2": r2_pair - r2_full})
         cells = pd.factorize(pd.MultiIndex.from_arrays([codes[f] for f in factors]))[0] \
             if len(factors) > 1 else codes[factors[0]]
         n_cells = int(cells.max() + 1)

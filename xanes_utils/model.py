@@ -17,9 +17,17 @@ Section 2, :class:`StarAttentionHead` x heads (400 -> 3 x 300)::
 
     f_ij = ELU(W_f [x_i, x_j, x_i - x_j, e_ij])  [E_r, 3 d_in + 65] -> [E_r, d_in]
     q_i  = W_q x_i, k_ij = W_k f_ij               [.., d_head]
-    a_ij = tanh(w . (q_i * k_ij) / sqrt(d_head))  [E_r]
+    c_ij = w . (q_i * k_ij) / sqrt(d_head)        [E_r]
+    a_ij = tanh(c_ij - mean_j c_ij)               ("centred", default) or tanh(c_ij) ("paper")
     s_ij = softmax of a_ij over the absorber's real neighbours
     h_i  = BatchNorm(Linear(x_i + sum_j s_ij f_ij))   [N, d_in] -> [N, d_head]
+
+Why centred (``ModelConfig.attention``): a softmax ignores any offset shared by all of an absorber's
+scores, but the tanh before it does not. With the paper's score, training on the embedded data drove
+that shared offset to thousands (the absorber's features, the only node with incoming messages, sit far
+from the BatchNorm statistics of the neighbour nodes), every score saturated at the same value and every
+head became exactly uniform. Subtracting the mean over the absorber's real neighbours leaves the softmax
+of unsaturated scores unchanged and keeps the tanh's bound (weights within a factor e^2 of each other).
 
 Heads are concatenated ([N, heads * d_head]). Non-absorber nodes receive nothing, so, as in the
 convolutions, their update is ``BatchNorm(Linear(x))`` with each head's Linear and BatchNorm.
@@ -58,13 +66,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.nn import MessagePassing
-from torch_geometric.utils import softmax
+from torch_geometric.utils import scatter, softmax
 
 from xanes_utils.graphs import EDGE_DIM, MAX_Z, N_NEIGHBOURS, NODE_DIM, orbital_table
 
 log = logging.getLogger(__name__)
 
 READOUTS = ("local", "cell")
+ATTENTION_SCORES = ("centred", "paper")
 IMPLEMENTATIONS = ("fast", "reference")
 
 
@@ -79,6 +88,7 @@ class ModelConfig:
     dropout: float = 0.05
     out_dim: int = 111
     readout: str = "local"
+    attention: str = "centred"
     implementation: str = "fast"
 
     def __post_init__(self) -> None:
@@ -92,6 +102,8 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, not {self.readout!r}")
+        if self.attention not in ATTENTION_SCORES:
+            raise ValueError(f"attention must be one of {ATTENTION_SCORES}, not {self.attention!r}")
         if self.implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, not {self.implementation!r}")
 
@@ -114,12 +126,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise a ValueError."""
+        """Inverse of :meth:`to_dict`; unknown keys raise a ValueError. Checkpoints written before the
+        ``attention`` option have the paper's score."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown ModelConfig keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**({"attention": "paper"} | data))
 
 
 def weighted_batch_norm(bn: nn.BatchNorm1d, h: Tensor, weight: Tensor) -> Tensor:
@@ -188,11 +201,14 @@ class StarConv(MessagePassing):
 
 
 class StarAttentionHead(MessagePassing):
-    """One attention head: ``BatchNorm(Linear(x_i + sum_j softmax_j(a_ij) f_ij))``."""
+    """One attention head: ``BatchNorm(Linear(x_i + sum_j softmax_j(a_ij) f_ij))``; ``score`` is one of
+    :data:`ATTENTION_SCORES` (see the module docstring)."""
 
-    def __init__(self, in_dim: int, head_dim: int, edge_dim: int = EDGE_DIM) -> None:
+    def __init__(self, in_dim: int, head_dim: int, edge_dim: int = EDGE_DIM, score: str = "centred") -> None:
         super().__init__(aggr="add", flow="source_to_target")
-        self.in_dim, self.head_dim, self.edge_dim = in_dim, head_dim, edge_dim
+        if score not in ATTENTION_SCORES:
+            raise ValueError(f"score must be one of {ATTENTION_SCORES}, not {score!r}")
+        self.in_dim, self.head_dim, self.edge_dim, self.score = in_dim, head_dim, edge_dim, score
         self.lin_f = nn.Linear(3 * in_dim + edge_dim, in_dim)
         self.lin_q = nn.Linear(in_dim, head_dim)
         self.lin_k = nn.Linear(in_dim, head_dim)
@@ -211,8 +227,10 @@ class StarAttentionHead(MessagePassing):
                     size_i: int | None) -> tuple[Tensor, Tensor]:
         """Edge features f_ij [E_r, d_in] and softmax weights s_ij [E_r] over each target's edges."""
         f = F.elu(self.lin_f(torch.cat([x_i, x_j, x_i - x_j, edge_attr], dim=-1)))
-        score = torch.tanh((self.att * self.lin_q(x_i) * self.lin_k(f)).sum(-1) / math.sqrt(self.head_dim))
-        return f, softmax(score, index, ptr, size_i)
+        score = (self.att * self.lin_q(x_i) * self.lin_k(f)).sum(-1) / math.sqrt(self.head_dim)
+        if self.score == "centred":
+            score = score - scatter(score, index, dim=0, dim_size=size_i, reduce="mean")[index]
+        return f, softmax(torch.tanh(score), index, ptr, size_i)
 
     def message(self, f: Tensor, alpha: Tensor) -> Tensor:
         """s_ij f_ij: [E_r, d_in]."""
@@ -232,8 +250,10 @@ class StarAttentionHead(MessagePassing):
         query = self.att * self.lin_q(absorber)  # w * q_i: [B, d_head]
         key_vec = query @ self.lin_k.weight  # W_k^T (w * q_i): [B, d_in]
         key_bias = query @ self.lin_k.bias  # (w * q_i) . b_k: [B]
-        score = torch.tanh(((f * key_vec.unsqueeze(1)).sum(-1) + key_bias.unsqueeze(1)) / math.sqrt(self.head_dim))
-        alpha = torch.softmax(score.masked_fill(edge_mask == 0, float("-inf")), dim=1)  # [B, 20]
+        score = ((f * key_vec.unsqueeze(1)).sum(-1) + key_bias.unsqueeze(1)) / math.sqrt(self.head_dim)  # [B, 20]
+        if self.score == "centred":
+            score = score - (score * edge_mask).sum(1, keepdim=True) / edge_mask.sum(1, keepdim=True).clamp(min=1)
+        alpha = torch.softmax(torch.tanh(score).masked_fill(edge_mask == 0, float("-inf")), dim=1)  # [B, 20]
         summed = (alpha.unsqueeze(-1) * f).sum(1)
         rows = torch.cat([self.lin(absorber + summed), self.lin(table)])
         weight = torch.cat([table_weight.new_ones(n_graphs), table_weight])
@@ -250,7 +270,8 @@ class XanesGAT(nn.Module):
         cfg = self.config
         dims = (NODE_DIM, *cfg.conv_dims)
         self.convs = nn.ModuleList(StarConv(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.heads = nn.ModuleList(StarAttentionHead(dims[-1], cfg.head_dim) for _ in range(cfg.heads))
+        self.heads = nn.ModuleList(StarAttentionHead(dims[-1], cfg.head_dim, score=cfg.attention)
+                                   for _ in range(cfg.heads))
         self.dropout = nn.Dropout(cfg.dropout)
         mlp_in = (cfg.heads * cfg.head_dim, *cfg.mlp_dims)
         self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(a, b), nn.PReLU())

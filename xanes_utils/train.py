@@ -65,6 +65,12 @@ class History:
         return dataclasses.asdict(self)
 
 
+def steps_per_epoch(n_graphs: int, batch_size: int) -> int:
+    """Optimiser steps in one epoch of :func:`train` (the last partial batch is dropped when there is
+    more than one batch)."""
+    return max(1, n_graphs // batch_size)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)
