@@ -26,8 +26,9 @@ Why centred (``ModelConfig.attention``): a softmax ignores any offset shared by 
 scores, but the tanh before it does not. With the paper's score, training on the embedded data drove
 that shared offset to thousands (the absorber's features, the only node with incoming messages, sit far
 from the BatchNorm statistics of the neighbour nodes), every score saturated at the same value and every
-head became exactly uniform. Subtracting the mean over the absorber's real neighbours leaves the softmax
-of unsaturated scores unchanged and keeps the tanh's bound (weights within a factor e^2 of each other).
+head became exactly uniform. Subtracting the mean over the absorber's real neighbours removes that offset
+(which a softmax alone would ignore anyway) and keeps the tanh's bound: an absorber's weights stay within
+a factor e^2 of each other. The key bias only adds to the offset, so it cancels in the centred score.
 
 Heads are concatenated ([N, heads * d_head]). Non-absorber nodes receive nothing, so, as in the
 convolutions, their update is ``BatchNorm(Linear(x))`` with each head's Linear and BatchNorm.
