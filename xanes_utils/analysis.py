@@ -906,8 +906,8 @@ def attention_variance_decomposition(table: pd.DataFrame, value: str = "weight_n
     that is constant within a sample (the absorbing element) has no main effect on ``weight_norm`` by
     construction (each sample's values average to 1); it can only act through such a pair, i.e. by
     changing which neighbours get the weight. Compare ``r2_adj`` of a pair with the ``additive`` row's:
-    the many cells are penalised there. ``n_levels`` is the number of levels (cells) or fitted parameters. With ``by_head`` one block per head,
-    otherwise heads are pooled (``head`` = "all").
+    the many cells are penalised there. ``n_levels`` is the number of levels (cells) or fitted
+    parameters. With ``by_head`` one block per head, otherwise heads are pooled (``head`` = "all").
     """
     frame = table
     if "distance_bin" in factors and "distance_bin" not in frame.columns:
