@@ -26,9 +26,9 @@ Why centred (``ModelConfig.attention``): a softmax ignores any offset shared by 
 scores, but the tanh before it does not. With the paper's score, training on the embedded data drove
 that shared offset to thousands (the absorber's features, the only node with incoming messages, sit far
 from the BatchNorm statistics of the neighbour nodes), the scores saturated at one value and heads became
-exactly uniform (all 3 in one model, 4 of 9 over 3 seeds on more data). Subtracting the mean over the absorber's real neighbours removes that offset
-(which a softmax alone would ignore anyway) and keeps the tanh's bound: an absorber's weights stay within
-a factor e^2 of each other. The key bias only adds to the offset, so it cancels in the centred score.
+exactly uniform (all 3 in one model, 4 of 9 over 3 seeds on more data). Subtracting the mean over the
+absorber's real neighbours removes that offset and keeps the tanh's bound: an absorber's weights stay
+within a factor e^2 of each other. The key bias only adds to the offset, so it cancels in the centred score.
 
 Heads are concatenated ([N, heads * d_head]). Non-absorber nodes receive nothing, so, as in the
 convolutions, their update is ``BatchNorm(Linear(x))`` with each head's Linear and BatchNorm.
