@@ -165,3 +165,29 @@ def test_build_graphs_cache_round_trip_and_corruption(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="xanes_utils.graphs"):
         fresh = build_graphs(items, cache_path=path, progress=False)
     assert "stale" in caplog.text and torch.allclose(fresh[0].y, torch.full((1, 111), 0.5))
+
+
+def test_angular_features_tell_octahedron_from_tetrahedron():
+    from xanes_utils.graphs import ANGLE_DIM, angular_features
+
+    octahedral = build_graph(nio(4.17), 0)  # Ni: 6 O at 2.085 A, 12 Ni at 2.95 A, ...
+    tetrahedral = build_graph(Structure.from_spacegroup("F-43m", Lattice.cubic(4.17 * 2 / np.sqrt(3)), ["Ni", "O"],
+                                                        [[0, 0, 0], [0.25] * 3]), 0)  # 4 O at 2.085 A
+    assert octahedral.edge_angular.shape == (20, ANGLE_DIM)
+    centres = np.linspace(-1, 1, ANGLE_DIM)
+    oct_first = octahedral.edge_angular[0].numpy()  # an O: 4 O at 90 degrees, 1 at 180
+    tet_first = tetrahedral.edge_angular[0].numpy()  # an O: 3 O at 109.5 degrees (cos -1/3)
+    assert centres[np.argmax(oct_first)] == pytest.approx(0.0)
+    assert abs(centres[np.argmax(tet_first)] + 1 / 3) <= 0.125
+    # hand check: for a lone pair of neighbours at 90 degrees and equal distance, one unit of weight in the
+    # central Gaussian
+    vec = np.array([[2.0, 0, 0], [0, 2.0, 0], [0, 0, 0]])
+    feats = angular_features(vec, np.array([True, True, False]))
+    assert feats[0, ANGLE_DIM // 2] == pytest.approx(1.0) and not feats[2].any()
+
+
+def test_more_neighbour_slots_extend_the_same_ordering():
+    g20, g32 = build_graph(nio(), 0), build_graph(nio(), 0, n_neighbours=32)
+    assert g32.edge_index.shape == (2, 32) and g32.x.shape == (33, NODE_DIM)
+    assert torch.equal(g32.dist[:20], g20.dist) and torch.equal(g32.z[:21], g20.z)
+    assert g32.edge_mask.all()  # NiO has more than 32 atoms within 8 A

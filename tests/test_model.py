@@ -174,3 +174,32 @@ def test_config_round_trip_and_validation():
     assert ModelConfig.from_dict(legacy).attention == "paper" and config.attention == "centred"
     with pytest.raises(ValueError, match="unknown"):
         ModelConfig.from_dict({"conv_dim": [1]})
+
+
+def test_angular_and_neighbour_options_fast_equals_reference():
+    rng = np.random.default_rng(1)
+    structures = [rocksalt("Ni", 4.17), cluster(),
+                  Structure.from_spacegroup("F-43m", Lattice.cubic(5.4), ["Zn", "S"], [[0, 0, 0], [0.25] * 3])]
+    graphs = [build_graph(s, 0, y=rng.random(111), n_neighbours=32) for s in structures]
+    batch32 = Batch.from_data_list(graphs)
+    config = ModelConfig.from_dict(TINY.to_dict() | {"angular": True, "neighbours": 32})
+    torch.manual_seed(0)
+    fast = XanesGAT(config)
+    ref = copy.deepcopy(fast)
+    assert fast.convs[0].lin_edge.in_features == 65 + 9
+    for train in (True, False):
+        out_f, int_f = run(fast, batch32, "fast", train)
+        out_r, int_r = run(ref, batch32, "reference", train)
+        assert out_f.shape == (3, 111)
+        assert torch.allclose(out_f, out_r, atol=1e-5, rtol=1e-4)
+        assert int_f["attention_weights"].shape == (3, 32, 2)
+    # the angular features reach the output: zeroing them changes the prediction
+    flat = batch32.clone()
+    flat.edge_angular = torch.zeros_like(flat.edge_angular)
+    assert not torch.allclose(fast.eval()(batch32), fast(flat))
+
+
+def test_graphs_with_the_wrong_number_of_slots_are_refused(batch):
+    model = XanesGAT(ModelConfig.from_dict(TINY.to_dict() | {"neighbours": 32}))
+    with pytest.raises(ValueError, match="32 neighbour slots"):
+        model(batch)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -210,10 +211,19 @@ def compute_spectrum(structure: Structure, site: int, settings: FeffSettings = D
 
 
 def _run_job(job: Job, structure_dict: dict, out_dir: str, settings: FeffSettings,
-             stage_timeout: float | None) -> tuple[str, bool, str]:
-    """Worker: compute one job and persist its record or its failure; never raises."""
+             stage_timeout: float | None, relax: bool = False) -> tuple[str, bool, str]:
+    """Worker: compute one job and persist its record or its failure; never raises.
+
+    With ``relax`` the structure is first relaxed (:func:`xanes_utils.relax.relax_structure`); the record
+    then holds the relaxed structure, the relaxation's summary and the structure before it.
+    """
     structure = Structure.from_dict(structure_dict)
+    extra: dict = {}
     try:
+        if relax:
+            structure, relaxation = _relaxed(job.structure_id, structure)
+            extra = {"relaxation": relaxation.as_dict(), "initial_structure": structure_dict}
+            structure_dict = structure.as_dict()
         result = compute_spectrum(structure, job.site, settings, stage_timeout, workdir=_work_root(out_dir))
     except Exception as exc:  # noqa: BLE001 - a batch must survive any single failure
         reason = f"{type(exc).__name__}: {exc}"
@@ -222,9 +232,25 @@ def _run_job(job: Job, structure_dict: dict, out_dir: str, settings: FeffSetting
         return job.id, False, reason
     record = {"id": job.id, "structure_id": job.structure_id, "absorbing_index": job.site,
               "absorbing_element": job.element, "edge": "K", "spectrum_type": "XANES",
-              "structure": structure_dict, **result}
+              "structure": structure_dict, **extra, **result}
     atomic_write_json(_done_path(out_dir, job), record)
     return job.id, True, f"{result['seconds']:.1f} s"
+
+
+@functools.lru_cache(maxsize=8)
+def _relaxed_cached(structure_id: str, structure_json: str) -> tuple[Structure, object]:
+    from xanes_utils.relax import relax_structure
+
+    return relax_structure(Structure.from_str(structure_json, fmt="json"), name=structure_id)
+
+
+def _relaxed(structure_id: str, structure: Structure):
+    """Relaxed copy of a plan structure, cached per worker (the sites of one structure share it)."""
+    import torch
+
+    torch.set_num_threads(1)
+    relaxed, info = _relaxed_cached(structure_id, structure.to(fmt="json"))
+    return relaxed.copy(), info
 
 
 def _work_root(out_dir: str) -> str:
@@ -264,24 +290,25 @@ def balanced(todo: list[Job], out_dir: str | Path) -> list[Job]:
 
 def generate(jobs: list[Job], structures: dict[str, dict], out_dir: str | Path, workers: int | None = None,
              settings: FeffSettings = DEFAULT_SETTINGS, stage_timeout: float | None = 900.0,
-             scheduler: str | None = None) -> dict[str, int]:
+             scheduler: str | None = None, relax: bool = False) -> dict[str, int]:
     """Run every pending job (see :func:`balanced` for the order) and persist its result under ``out_dir``;
     return counts of outcomes.
 
     ``structures`` maps structure ids to pymatgen structure dicts. With ``scheduler`` (a Dask
     ``distributed`` address, or a ``distributed.Client``), jobs run on that cluster; otherwise in a local
-    process pool of ``workers`` processes (default: one per core).
+    process pool of ``workers`` processes (default: one per core). With ``relax`` every structure is
+    relaxed before FEFF (see :func:`_run_job`).
     """
     out_dir = str(out_dir)
     todo = balanced(pending(jobs, out_dir), out_dir)
     log.info("%d of %d jobs pending in %s", len(todo), len(jobs), out_dir)
-    tasks = [(job, structures[job.structure_id], out_dir, settings, stage_timeout) for job in todo]
+    tasks = [(job, structures[job.structure_id], out_dir, settings, stage_timeout, relax) for job in todo]
     return {**run_tasks(tasks, workers, scheduler), "skipped": len(jobs) - len(todo)}
 
 
 def run_tasks(tasks: list[tuple], workers: int | None = None, scheduler=None, desc: str = "FEFF"
               ) -> dict[str, int]:
-    """Run ``(job, structure_dict, out_dir, settings, stage_timeout)`` tasks with a tqdm bar.
+    """Run ``(job, structure_dict, out_dir, settings, stage_timeout[, relax])`` tasks with a tqdm bar.
 
     Each task persists its own record or failure under its ``out_dir`` (see :func:`generate`); tasks
     may differ in settings and output directory. Returns counts of finished and failed tasks.
@@ -348,6 +375,30 @@ def plan_jobs(library: list, seed: int = 0) -> list[Job]:
     return _interleave(per_element)
 
 
+def plan_compound_jobs(library: list, seed: int = 0) -> list[Job]:
+    """Anion-coordinated sites of an ionic library (:mod:`xanes_utils.compounds`), round-robin over elements.
+
+    Within an element, structures come in order of chemical likelihood (unsubstituted sources first,
+    then by substitution probability, ties shuffled with ``seed``); each structure's first eligible site
+    comes before any structure's second.
+    """
+    from xanes_utils.compounds import compound_sites, rank
+    from xanes_utils.elements import ELEMENTS
+
+    ranked = rank(library, seed)
+    per_element: list[list[Job]] = []
+    for el in ELEMENTS:
+        firsts: list[Job] = []
+        rest: list[Job] = []
+        for item in ranked:
+            if el in {e.symbol for e in item.structure.composition.elements}:
+                sites = compound_sites(item, el)
+                firsts += [Job(item.id, s, el) for s in sites[:1]]
+                rest += [Job(item.id, s, el) for s in sites[1:]]
+        per_element.append(firsts + rest)
+    return _interleave(per_element)
+
+
 def _interleave(groups: list[list]) -> list:
     """Round-robin over ``groups``: the first item of each, then the second of each, and so on."""
     return [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]
@@ -366,6 +417,9 @@ def _main(argv: list[str] | None = None) -> None:
     pl = sub.add_parser("plan", help="build the structure library and the round-robin job plan")
     pl.add_argument("--out", default="data/plan.json.gz")
     pl.add_argument("--no-minerals", action="store_true", help="skip robocrys' mineral database")
+    pl.add_argument("--library", choices=("prototypes", "compounds"), default="prototypes",
+                    help="prototypes: every source and substitution (the first dataset); compounds: "
+                         "anion-coordinated sites of ionic structures, relaxed with CHGNet before FEFF")
     pk = sub.add_parser("pack", help="pack finished records into the dataset file with a manifest")
     pk.add_argument("--runs", default="data/feff_runs")
     pk.add_argument("--out", default="data/xanes_feff10_k.json.gz")
@@ -375,11 +429,18 @@ def _main(argv: list[str] | None = None) -> None:
         from xanes_utils.structures import build_library
 
         library = build_library(include_minerals=not args.no_minerals)
+        if args.library == "compounds":
+            from xanes_utils.compounds import compound_library, relaxed_ids
+
+            library = relaxed_ids(compound_library(library))
         # sites are chosen on the structures as stored in the plan (and as FEFF will see them): symmetry
         # finding can differ after the dict round trip for a few structures
         library = [dataclasses.replace(s, structure=Structure.from_dict(s.structure.as_dict())) for s in library]
-        jobs = plan_jobs(library)
+        jobs = plan_jobs(library) if args.library == "prototypes" else plan_compound_jobs(library)
+        used = {j.structure_id for j in jobs}
+        library = [s for s in library if s.id in used]
         atomic_write_json(args.out, {
+            "relax": args.library == "compounds",
             "jobs": [dataclasses.asdict(j) for j in jobs],
             "structures": {s.id: s.structure.as_dict() for s in library},
             "sources": {s.id: s.source for s in library},
@@ -388,8 +449,8 @@ def _main(argv: list[str] | None = None) -> None:
     elif args.cmd == "generate":
         plan = read_json(args.plan)
         jobs = [Job(**j) for j in plan["jobs"]][: args.limit]
-        counts = generate(jobs, plan["structures"], args.out, args.workers,
-                          stage_timeout=args.stage_timeout, scheduler=args.scheduler)
+        counts = generate(jobs, plan["structures"], args.out, args.workers, stage_timeout=args.stage_timeout,
+                          scheduler=args.scheduler, relax=bool(plan.get("relax", False)))
         log.info("generate: %s", counts)
     elif args.cmd == "pack":
         from xanes_utils.dataset import pack

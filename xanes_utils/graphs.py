@@ -15,6 +15,14 @@ tabulates none beyond Z = 104, and such elements are rejected.
 
 Edge features (:func:`edge_features`): the distance r and 64 smooth radial basis functions (65).
 
+Angular edge features (:func:`angular_features`, ``edge_angular`` [20, 9]): the star graph alone sees
+species and distances but not angles (an octahedron and a tetrahedron with equal bond lengths look the
+same). For neighbour j, the cosines of the angles j-absorber-k to the other real neighbours k are
+smeared over 9 Gaussians on [-1, 1] and summed with weights that favour near neighbours,
+``exp(-(r_k - r_min) / ANGLE_DECAY)``. Models use them only with ``ModelConfig(angular=True)``.
+
+``n_neighbours`` (default 20, the paper's) sets the number of neighbour slots of a graph.
+
 Whole-cell composition for the paper's "cell" readout is stored as a fixed-length count vector
 ``cell_counts`` [1, 119] (atoms of each Z in the unit cell, the absorber excluded), which PyG
 batches to [B, 119] without any custom ``__inc__``/``__cat_dim__``.
@@ -52,10 +60,14 @@ CUTOFF = 8.0
 N_RBF = EDGE_DIM - 1
 #: Largest atomic number indexed by the feature table (row 0 is the dummy / padding element).
 MAX_Z = 118
+#: Number of angular edge features (Gaussians on cos(angle)).
+ANGLE_DIM = 9
+#: Decay length (Å) of the weights of other neighbours in the angular features.
+ANGLE_DECAY = 0.5
 #: Bumped whenever graph construction changes; part of the cache key.
-GRAPH_VERSION = "star-graph/1"
+GRAPH_VERSION = "star-graph/2"
 #: Format tag of the on-disk graph cache.
-CACHE_FORMAT = "xanes-graph-cache/1"
+CACHE_FORMAT = "xanes-graph-cache/2"
 
 #: The 19 subshells occupied in ground-state atoms, ordered by (n, l).
 SUBSHELLS: tuple[tuple[int, str], ...] = (
@@ -149,6 +161,26 @@ def edge_features(r: np.ndarray | float) -> np.ndarray:
     return np.concatenate([r[..., None], rbf], axis=-1)
 
 
+def angular_features(vec: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Angular features [n, ANGLE_DIM] of neighbour vectors ``vec`` [n, 3] (absorber -> neighbour, Å)
+    with real-slot ``mask`` [n] (see the module docstring); zero rows on dummy slots."""
+    vec = np.asarray(vec, np.float64)
+    mask = np.asarray(mask, bool)
+    out = np.zeros((len(vec), ANGLE_DIM))
+    if mask.sum() < 2:
+        return out
+    r = np.linalg.norm(vec, axis=1)
+    unit = np.where(mask[:, None], vec / np.where(r > 0, r, 1.0)[:, None], 0.0)
+    cos = np.clip(unit @ unit.T, -1.0, 1.0)  # [n, n]
+    weight = np.where(mask, np.exp(-(r - r[mask].min()) / ANGLE_DECAY), 0.0)  # of neighbour k
+    pair = mask[:, None] & mask[None, :] & ~np.eye(len(vec), dtype=bool)
+    centres = np.linspace(-1.0, 1.0, ANGLE_DIM)
+    width = centres[1] - centres[0]
+    smear = np.exp(-0.5 * ((cos[..., None] - centres) / (0.5 * width)) ** 2)  # [n, n, A]
+    out = (smear * (pair * weight[None, :])[..., None]).sum(1)
+    return out
+
+
 # ----------------------------------------------------------------------------- graphs
 
 def _check_z(z: int, what: str) -> int:
@@ -158,19 +190,23 @@ def _check_z(z: int, what: str) -> int:
     return z
 
 
-def _assemble(z: torch.Tensor, dist: torch.Tensor, mask: torch.Tensor, cell_counts: torch.Tensor,
-              element: str, site: int, y: torch.Tensor | None) -> Data:
-    """A :class:`Data` star graph from its compact description (features derived from z and dist)."""
+def _assemble(z: torch.Tensor, dist: torch.Tensor, vec: torch.Tensor, mask: torch.Tensor,
+              cell_counts: torch.Tensor, element: str, site: int, y: torch.Tensor | None) -> Data:
+    """A :class:`Data` star graph from its compact description (features derived from z, dist, vec)."""
+    n = len(dist)
     x = torch.from_numpy(orbital_table()[z.numpy()])  # fancy indexing copies: writable
     edge_attr = torch.from_numpy(edge_features(dist.double().numpy()).astype(np.float32))
     edge_attr[~mask] = 0.0
+    angular = torch.from_numpy(angular_features(vec.double().numpy(), mask.numpy()).astype(np.float32))
     data = Data(
         x=x,
         z=z,
-        edge_index=torch.stack([torch.arange(1, N_NEIGHBOURS + 1), torch.zeros(N_NEIGHBOURS, dtype=torch.long)]),
+        edge_index=torch.stack([torch.arange(1, n + 1), torch.zeros(n, dtype=torch.long)]),
         edge_attr=edge_attr,
+        edge_angular=angular,
         edge_mask=mask,
         dist=dist,
+        vec=vec,
         cell_counts=cell_counts.view(1, MAX_Z + 1),
         absorber_z=z[:1].clone(),
         element=element,
@@ -181,8 +217,10 @@ def _assemble(z: torch.Tensor, dist: torch.Tensor, mask: torch.Tensor, cell_coun
     return data
 
 
-def _describe(structure: Structure, site: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(z [21], dist [20] float32, edge_mask [20], cell_counts [119]) of ``structure[site]``."""
+def _describe(structure: Structure, site: int, n_neighbours: int = N_NEIGHBOURS
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z [n+1], dist [n] float32, vec [n, 3] float32, edge_mask [n], cell_counts [119]) of
+    ``structure[site]`` with ``n = n_neighbours``."""
     if not structure.is_ordered:
         raise ValueError("disordered structure (partial occupancies): the star graph needs an ordered structure")
     if not 0 <= site < len(structure):
@@ -194,38 +232,44 @@ def _describe(structure: Structure, site: int) -> tuple[torch.Tensor, torch.Tens
     # Deterministic order: distance (rounded against float noise), then Z, site index and image.
     neighbours.sort(key=lambda nb: (round(float(nb.nn_distance), 6), int(nb.specie.Z), int(nb.index),
                                     tuple(int(i) for i in nb.image)))
-    chosen = neighbours[:N_NEIGHBOURS]
-    z = torch.zeros(N_NEIGHBOURS + 1, dtype=torch.long)
-    dist = torch.zeros(N_NEIGHBOURS, dtype=torch.float32)
-    mask = torch.zeros(N_NEIGHBOURS, dtype=torch.bool)
+    chosen = neighbours[:n_neighbours]
+    z = torch.zeros(n_neighbours + 1, dtype=torch.long)
+    dist = torch.zeros(n_neighbours, dtype=torch.float32)
+    vec = torch.zeros(n_neighbours, 3, dtype=torch.float32)
+    mask = torch.zeros(n_neighbours, dtype=torch.bool)
     z[0] = z_abs
+    centre = structure[site].coords
     for j, nb in enumerate(chosen):
         z[j + 1] = _check_z(int(nb.specie.Z), f"neighbour of site {site}")
         dist[j] = float(nb.nn_distance)
+        vec[j] = torch.from_numpy(np.asarray(nb.coords - centre, np.float32))
         mask[j] = True
     counts = torch.zeros(MAX_Z + 1, dtype=torch.long)
     for i, other in enumerate(structure):
         if i != site:
             counts[_check_z(int(other.specie.Z), f"site {i}")] += 1
-    return z, dist, mask, counts
+    return z, dist, vec, mask, counts
 
 
-def build_graph(structure: Structure, site: int, y: np.ndarray | torch.Tensor | None = None) -> Data:
+def build_graph(structure: Structure, site: int, y: np.ndarray | torch.Tensor | None = None,
+                n_neighbours: int = N_NEIGHBOURS) -> Data:
     """Star graph of ``structure[site]`` (see the module docstring for the fields).
 
-    Fields: ``x`` [21, 118] float32, ``z`` [21] long (0 = dummy), ``edge_index`` [2, 20]
-    (neighbour j -> absorber 0), ``edge_attr`` [20, 65] float32 (zero on dummy edges),
-    ``edge_mask`` [20] bool, ``dist`` [20] float32 (0 on dummies), ``cell_counts`` [1, 119] long,
+    Fields (n = ``n_neighbours``): ``x`` [n+1, 118] float32, ``z`` [n+1] long (0 = dummy),
+    ``edge_index`` [2, n] (neighbour j -> absorber 0), ``edge_attr`` [n, 65] float32 (zero on dummy
+    edges), ``edge_angular`` [n, 9] float32, ``edge_mask`` [n] bool, ``dist`` [n] float32 (0 on
+    dummies), ``vec`` [n, 3] float32 (absorber -> neighbour, Å), ``cell_counts`` [1, 119] long,
     ``absorber_z`` [1] long, ``element`` str, ``site`` int and ``y`` [1, 111] float32 if given.
-    Edge features are computed from the float32 distance, so a cache round-trip is bit-identical.
+    Edge features are computed from the float32 distances and vectors, so a cache round-trip is
+    bit-identical.
     """
-    z, dist, mask, counts = _describe(structure, site)
+    z, dist, vec, mask, counts = _describe(structure, site, n_neighbours)
     target = None
     if y is not None:
         target = torch.as_tensor(np.asarray(y, dtype=np.float32)).reshape(1, -1)
         if target.shape[1] != N_POINTS:
             raise ValueError(f"target has {target.shape[1]} points; expected {N_POINTS}")
-    return _assemble(z, dist, mask, counts, structure[site].specie.symbol, site, target)
+    return _assemble(z, dist, vec, mask, counts, structure[site].specie.symbol, site, target)
 
 
 def _structure_json(item: Any) -> str:
@@ -236,9 +280,9 @@ def _structure_json(item: Any) -> str:
     return json.dumps(as_dict, sort_keys=True, separators=(",", ":"))
 
 
-def cache_key(items: Sequence[Any]) -> str:
-    """SHA-256 over the code version and every item's id, site, structure JSON and target."""
-    digest = hashlib.sha256(f"{GRAPH_VERSION}|{NODE_DIM}|{EDGE_DIM}|{N_NEIGHBOURS}|{CUTOFF}".encode())
+def cache_key(items: Sequence[Any], n_neighbours: int = N_NEIGHBOURS) -> str:
+    """SHA-256 over the code version, ``n_neighbours`` and every item's id, site, structure JSON and target."""
+    digest = hashlib.sha256(f"{GRAPH_VERSION}|{NODE_DIM}|{EDGE_DIM}|{n_neighbours}|{CUTOFF}".encode())
     for i, item in enumerate(items):
         digest.update(f"|{getattr(item, 'id', i)}|{int(item.site)}|".encode())
         digest.update(_structure_json(item).encode())
@@ -262,6 +306,7 @@ def _pack(graphs: Sequence[Data], key: str) -> dict:
     tensors = {
         "z": torch.stack([g.z for g in graphs]),
         "dist": torch.stack([g.dist for g in graphs]),
+        "vec": torch.stack([g.vec for g in graphs]),
         "edge_mask": torch.stack([g.edge_mask for g in graphs]),
         "cell_counts": torch.cat([g.cell_counts for g in graphs]),
         "site": torch.tensor([g.site for g in graphs], dtype=torch.long),
@@ -282,12 +327,14 @@ def _unpack(payload: Any, key: str, n: int) -> list[Data]:
     if _tensor_checksum(tensors) != payload.get("checksum"):
         raise ValueError("tensor checksum mismatch")
     y = tensors.get("y")
-    return [_assemble(tensors["z"][i], tensors["dist"][i], tensors["edge_mask"][i], tensors["cell_counts"][i],
-                      payload["elements"][i], int(tensors["site"][i]), None if y is None else y[i])
+    return [_assemble(tensors["z"][i], tensors["dist"][i], tensors["vec"][i], tensors["edge_mask"][i],
+                      tensors["cell_counts"][i], payload["elements"][i], int(tensors["site"][i]),
+                      None if y is None else y[i])
             for i in range(n)]
 
 
-def build_graphs(items: Sequence[Any], cache_path: str | Path | None = None, progress: bool = True) -> list[Data]:
+def build_graphs(items: Sequence[Any], cache_path: str | Path | None = None, progress: bool = True,
+                 n_neighbours: int = N_NEIGHBOURS) -> list[Data]:
     """Star graphs of ``items`` (objects with ``.structure``, ``.site``, ``.mu`` and ``.id``).
 
     With ``cache_path`` the graphs are stored compactly (``torch.save``) under a key hashing the
@@ -297,7 +344,7 @@ def build_graphs(items: Sequence[Any], cache_path: str | Path | None = None, pro
     from tqdm import tqdm
 
     items = list(items)
-    key = cache_key(items) if cache_path is not None else ""
+    key = cache_key(items, n_neighbours) if cache_path is not None else ""
     if cache_path is not None and Path(cache_path).exists():
         try:
             payload = torch.load(cache_path, map_location="cpu", weights_only=True)
@@ -309,7 +356,7 @@ def build_graphs(items: Sequence[Any], cache_path: str | Path | None = None, pro
     graphs = []
     for i, item in enumerate(tqdm(items, desc="graphs", unit="graph", disable=not progress)):
         try:
-            graphs.append(build_graph(item.structure, int(item.site), getattr(item, "mu", None)))
+            graphs.append(build_graph(item.structure, int(item.site), getattr(item, "mu", None), n_neighbours))
         except (ValueError, IndexError) as exc:
             raise type(exc)(f"item {getattr(item, 'id', i)}: {exc}") from exc
     if cache_path is not None and graphs and len({"y" in g for g in graphs}) > 1:

@@ -69,7 +69,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter, softmax
 
-from xanes_utils.graphs import EDGE_DIM, MAX_Z, N_NEIGHBOURS, NODE_DIM, orbital_table
+from xanes_utils.graphs import ANGLE_DIM, EDGE_DIM, MAX_Z, N_NEIGHBOURS, NODE_DIM, orbital_table
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,12 @@ IMPLEMENTATIONS = ("fast", "reference")
 
 @dataclass
 class ModelConfig:
-    """Architecture of :class:`XanesGAT` (defaults: the paper's dimensions)."""
+    """Architecture of :class:`XanesGAT` (defaults: the paper's dimensions and graphs).
+
+    Options beyond the paper: ``angular`` adds the graphs' 9 angular edge features to the 65 distance
+    features (see :mod:`xanes_utils.graphs`); ``neighbours`` is the number of neighbour slots the
+    graphs must have (the paper's 20; build graphs with ``n_neighbours`` equal to it).
+    """
 
     conv_dims: tuple[int, ...] = (600, 500, 400)
     heads: int = 3
@@ -91,6 +96,8 @@ class ModelConfig:
     readout: str = "local"
     attention: str = "centred"
     implementation: str = "fast"
+    angular: bool = False
+    neighbours: int = N_NEIGHBOURS
 
     def __post_init__(self) -> None:
         self.conv_dims = tuple(int(d) for d in self.conv_dims)
@@ -107,6 +114,15 @@ class ModelConfig:
             raise ValueError(f"attention must be one of {ATTENTION_SCORES}, not {self.attention!r}")
         if self.implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, not {self.implementation!r}")
+        self.angular = bool(self.angular)
+        self.neighbours = int(self.neighbours)
+        if self.neighbours < 1:
+            raise ValueError(f"neighbours must be positive, not {self.neighbours}")
+
+    @property
+    def edge_dim(self) -> int:
+        """Width of the edge inputs: 65 distance features, plus 9 angular ones with ``angular``."""
+        return EDGE_DIM + (ANGLE_DIM if self.angular else 0)
 
     @classmethod
     def paper(cls, **overrides: Any) -> ModelConfig:
@@ -270,8 +286,8 @@ class XanesGAT(nn.Module):
         self.config = config or ModelConfig()
         cfg = self.config
         dims = (NODE_DIM, *cfg.conv_dims)
-        self.convs = nn.ModuleList(StarConv(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.heads = nn.ModuleList(StarAttentionHead(dims[-1], cfg.head_dim, score=cfg.attention)
+        self.convs = nn.ModuleList(StarConv(a, b, cfg.edge_dim) for a, b in zip(dims[:-1], dims[1:]))
+        self.heads = nn.ModuleList(StarAttentionHead(dims[-1], cfg.head_dim, cfg.edge_dim, score=cfg.attention)
                                    for _ in range(cfg.heads))
         self.dropout = nn.Dropout(cfg.dropout)
         mlp_in = (cfg.heads * cfg.head_dim, *cfg.mlp_dims)
@@ -292,7 +308,7 @@ class XanesGAT(nn.Module):
 
         Internals: graph-level activations pooled over the readout nodes, ``"conv1"``.. [B, d_l],
         ``"attention"`` [B, heads * head_dim], ``"mlp1"``.. [B, d] (after PReLU);
-        ``"attention_weights"`` [B, 20, heads] (0 on dummy edges, each head's row sums to 1 over
+        ``"attention_weights"`` [B, n, heads] (n = ``config.neighbours``; 0 on dummy edges, each head's row sums to 1 over
         the real neighbours); ``"absorber"``: a dict of the absorber node's activations per layer.
         ``implementation`` overrides ``config.implementation`` for this call.
         """
@@ -302,7 +318,7 @@ class XanesGAT(nn.Module):
         if not isinstance(batch, Batch):
             batch = Batch.from_data_list([batch])
         encode = self._encode_fast if impl == "fast" else self._encode_reference
-        pooled, absorber, attention = encode(batch, return_internals)
+        pooled, absorber, attention = encode(batch, self._edge_inputs(batch), return_internals)
         h = self.dropout(pooled["attention"])
         for i, layer in enumerate(self.mlp, start=1):
             h = layer(h)
@@ -320,21 +336,32 @@ class XanesGAT(nn.Module):
             raise ValueError("readout='cell' needs graphs with cell_counts (build them with xanes_utils.graphs)")
         return batch.cell_counts.long()
 
+    def _edge_inputs(self, batch: Batch) -> Tensor:
+        """Edge inputs [E, edge_dim]: distance features, plus the angular ones with ``config.angular``;
+        checks that the graphs have ``config.neighbours`` slots."""
+        n = self.config.neighbours
+        if batch.edge_mask.numel() != batch.num_graphs * n:
+            raise ValueError(f"the model expects graphs with {n} neighbour slots, got {batch.edge_mask.numel()} "
+                             f"edges for {batch.num_graphs} graphs: build them with n_neighbours={n}")
+        if not self.config.angular:
+            return batch.edge_attr
+        if "edge_angular" not in batch:
+            raise ValueError("angular=True needs graphs with edge_angular (build them with xanes_utils.graphs)")
+        return torch.cat([batch.edge_attr, batch.edge_angular.to(batch.edge_attr.dtype)], dim=-1)
+
     def _edge_weights(self, alphas: list[Tensor], mask: Tensor, n_graphs: int) -> Tensor:
-        """Per-head weights of the real edges -> [B, 20, heads], 0 on dummy edges."""
-        if mask.numel() != n_graphs * N_NEIGHBOURS:
-            raise ValueError(f"expected {N_NEIGHBOURS} edges per graph, got {mask.numel()} for {n_graphs} graphs")
+        """Per-head weights of the real edges -> [B, n, heads], 0 on dummy edges."""
         full = alphas[0].new_zeros(mask.numel(), len(alphas))
         full[mask] = torch.stack(alphas, dim=-1)
-        return full.view(n_graphs, N_NEIGHBOURS, len(alphas))
+        return full.view(n_graphs, self.config.neighbours, len(alphas))
 
     # ------------------------------------------------------------------------- reference
 
-    def _encode_reference(self, batch: Batch, internals: bool) -> tuple[dict, dict, Tensor]:
+    def _encode_reference(self, batch: Batch, edges: Tensor, internals: bool) -> tuple[dict, dict, Tensor]:
         """Per-node message passing over the star graphs (plus isolated cell-atom nodes)."""
         n_graphs = batch.num_graphs
         mask = batch.edge_mask.bool()
-        edge_index, edge_attr = batch.edge_index[:, mask], batch.edge_attr[mask]
+        edge_index, edge_attr = batch.edge_index[:, mask], edges[mask]
         x, node_graph = batch.x, batch.batch
         absorbers = batch.ptr[:-1]
         readout = x.new_zeros(x.shape[0])
@@ -366,21 +393,19 @@ class XanesGAT(nn.Module):
 
     # ------------------------------------------------------------------------- fast
 
-    def _encode_fast(self, batch: Batch, internals: bool) -> tuple[dict, dict, Tensor]:
+    def _encode_fast(self, batch: Batch, edges: Tensor, internals: bool) -> tuple[dict, dict, Tensor]:
         """Absorbers plus one row per element present; the same numbers as the reference.
 
-        Edges are handled densely as [B, 20] slots (no scatter), which needs PyG-batched star graphs:
-        20 edges per graph, in graph order, all ending at the graph's node 0.
+        Edges are handled densely as [B, n] slots (no scatter), which needs PyG-batched star graphs:
+        n edges per graph, in graph order, all ending at the graph's node 0.
         """
-        n_graphs = batch.num_graphs
+        n_graphs, n = batch.num_graphs, self.config.neighbours
         mask = batch.edge_mask.bool()
-        if mask.numel() != n_graphs * N_NEIGHBOURS:
-            raise ValueError(f"expected {N_NEIGHBOURS} edges per graph, got {mask.numel()} for {n_graphs} graphs")
         src, dst = batch.edge_index
-        if not torch.equal(dst.view(n_graphs, N_NEIGHBOURS), batch.ptr[:-1].unsqueeze(1).expand(-1, N_NEIGHBOURS)):
+        if not torch.equal(dst.view(n_graphs, n), batch.ptr[:-1].unsqueeze(1).expand(-1, n)):
             raise ValueError("the fast implementation needs star graphs whose edges all end at node 0")
-        mask = mask.view(n_graphs, N_NEIGHBOURS)
-        z_neighbour = batch.z[src].view(n_graphs, N_NEIGHBOURS)
+        mask = mask.view(n_graphs, n)
+        z_neighbour = batch.z[src].view(n_graphs, n)
         present = z_neighbour[mask]
         if self.config.readout == "cell":
             cell = self._cell_counts(batch)
@@ -401,7 +426,7 @@ class XanesGAT(nn.Module):
         def pool(a: Tensor, t: Tensor) -> Tensor:
             return (a + counts @ t) / n_read
 
-        edge_attr = batch.edge_attr.view(n_graphs, N_NEIGHBOURS, -1)
+        edge_attr = edges.view(n_graphs, n, -1)
         a, t = batch.x[batch.ptr[:-1]], self.orbital_table[elements].to(dtype)
         pooled, absorber = {}, {}
         for i, conv in enumerate(self.convs, start=1):

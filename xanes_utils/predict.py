@@ -66,7 +66,7 @@ def predict(structure: Structure | str | Path, sites: Sequence[int] | None = Non
     structure, name = read_structure(structure)
     indices = resolve_sites(structure, sites, name)
     model = model if model is not None else load_model()
-    graphs = [build_graph(structure, i) for i in indices]
+    graphs = [build_graph(structure, i, n_neighbours=model.config.neighbours) for i in indices]
     mus = predict_graphs(model, graphs)
     out = []
     for i, mu in zip(indices, mus):

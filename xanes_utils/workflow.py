@@ -17,6 +17,7 @@ import numpy as np
 from torch_geometric.data import Data
 
 from xanes_utils.dataset import Record, load_dataset
+from xanes_utils.graphs import N_NEIGHBOURS
 from xanes_utils.io import atomic_write_json, read_json
 from xanes_utils.model import ModelConfig, XanesGAT
 from xanes_utils.profiles import Profile, cache_dir
@@ -60,9 +61,11 @@ class Prepared:
         return [self.graphs[i] for i in getattr(self, part)]
 
 
-def prepare(profile: Profile, data: str | Path | None = None, split_by: str = "material") -> Prepared:
-    """Load records, build (cached) graphs and split them (grouped by material, stratified by absorbing
-    element, with the profile's seed); also sets torch's thread count for the profile."""
+def prepare(profile: Profile, data: str | Path | None = None, split_by: str = "material",
+            n_neighbours: int = N_NEIGHBOURS) -> Prepared:
+    """Load records, build (cached) graphs with ``n_neighbours`` slots and split them (grouped by
+    material, a relaxed structure with its unrelaxed parent, stratified by absorbing element, with the
+    profile's seed); also sets torch's thread count for the profile."""
     import torch
 
     from xanes_utils.graphs import build_graphs
@@ -71,8 +74,9 @@ def prepare(profile: Profile, data: str | Path | None = None, split_by: str = "m
         torch.set_num_threads(profile.threads)
     records = load_records(data)
     directory = cache_dir(profile.name, data)
-    graphs = build_graphs(records, cache_path=directory / "graphs.pt")
-    groups = [r.material_id or r.id for r in records]
+    name = "graphs.pt" if n_neighbours == N_NEIGHBOURS else f"graphs-{n_neighbours}.pt"
+    graphs = build_graphs(records, cache_path=directory / name, n_neighbours=n_neighbours)
+    groups = [r.source.get("unrelaxed_id") or r.material_id or r.id for r in records]
     train_idx, val_idx, test_idx = split_indices(groups, seed=profile.seed, by=split_by,
                                                  strata=[r.element for r in records])
     return Prepared(records, graphs, train_idx.tolist(), val_idx.tolist(), test_idx.tolist())

@@ -1,0 +1,120 @@
+"""Relax library structures with CHGNet, a universal interatomic potential whose weights ship in its wheel.
+
+Substituted prototypes keep the parent's geometry with a heuristically rescaled volume, so bond lengths
+can be off by several per cent, which moves XANES features. :func:`relax_structure` relaxes atoms and
+cell (FIRE, ``fmax`` eV/Å) on the CPU, offline, and refuses implausible results (not converged, a
+volume change beyond ``MAX_VOLUME_CHANGE``, atoms closer than ``MIN_DISTANCE``, non-finite energy) with a
+:class:`RelaxError` that names the structure and the problem. CHGNet (``pip install chgnet``; Modified
+BSD licence) is an optional dependency, needed only to build the dataset, never to predict.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+from pymatgen.core import Structure
+
+log = logging.getLogger(__name__)
+
+#: Largest force (eV/Å) at convergence.
+FMAX = 0.1
+#: Most optimiser steps.
+MAX_STEPS = 400
+#: Largest accepted relative volume change.
+MAX_VOLUME_CHANGE = 0.35
+#: Smallest accepted interatomic distance after relaxation (Å).
+MIN_DISTANCE = 0.7
+
+
+class RelaxError(RuntimeError):
+    """A relaxation that failed or gave an implausible structure."""
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """Outcome of one relaxation: energies in eV/atom, volumes in Å^3, ``steps`` of the optimiser."""
+
+    energy_per_atom: float
+    initial_energy_per_atom: float
+    steps: int
+    max_force: float
+    initial_volume: float
+    final_volume: float
+    model: str
+
+    @property
+    def volume_change(self) -> float:
+        """Relative volume change (final / initial - 1)."""
+        return self.final_volume / self.initial_volume - 1.0
+
+    def as_dict(self) -> dict:
+        """JSON-able summary, including the volume change."""
+        return asdict(self) | {"volume_change": self.volume_change}
+
+
+@lru_cache(maxsize=1)
+def _optimizer():
+    """CHGNet's pretrained model wrapped in a FIRE optimiser on the CPU (loaded once per process)."""
+    try:
+        from chgnet.model import CHGNet, StructOptimizer
+    except ImportError as exc:
+        raise RelaxError("relaxation needs CHGNet: pip install chgnet") from exc
+    model = CHGNet.load(use_device="cpu", verbose=False)
+    return StructOptimizer(model=model, optimizer_class="FIRE", use_device="cpu"), f"CHGNet {model.version}"
+
+
+def relax_structure(structure: Structure, name: str = "structure", fmax: float = FMAX,
+                    steps: int = MAX_STEPS) -> tuple[Structure, Relaxation]:
+    """Relax atoms and cell of ``structure``; return the relaxed structure and its :class:`Relaxation`.
+
+    Site order is kept, so absorber indices stay valid. Raises :class:`RelaxError` for a failed or
+    implausible relaxation (see the module docstring).
+    """
+    optimizer, model_name = _optimizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            result = optimizer.relax(structure.copy(), fmax=fmax, steps=steps, relax_cell=True, verbose=False)
+        except Exception as exc:  # noqa: BLE001 - ASE/CHGNet raise many types
+            raise RelaxError(f"{name}: relaxation failed ({type(exc).__name__}: {exc})") from exc
+    final: Structure = result["final_structure"]
+    trajectory = result["trajectory"]
+    n = len(structure)
+    forces = trajectory.forces[-1]
+    max_force = float(max(math.sqrt(sum(c * c for c in f)) for f in forces))
+    info = Relaxation(
+        energy_per_atom=float(trajectory.energies[-1]) / n,
+        initial_energy_per_atom=float(trajectory.energies[0]) / n,
+        steps=len(trajectory.energies) - 1,
+        max_force=max_force,
+        initial_volume=float(structure.volume),
+        final_volume=float(final.volume),
+        model=model_name,
+    )
+    problems = []
+    if not math.isfinite(info.energy_per_atom):
+        problems.append("non-finite energy")
+    if max_force > fmax * 1.0001 or info.steps >= steps:  # the cell's stress counts in the optimiser's fmax
+        problems.append(f"not converged in {steps} steps (largest atomic force {max_force:.2f} eV/A)")
+    if abs(info.volume_change) > MAX_VOLUME_CHANGE:
+        problems.append(f"volume changed by {100 * info.volume_change:+.0f} %")
+    if n > 1:
+        dmin = _min_distance(final)
+        if dmin < MIN_DISTANCE:
+            problems.append(f"atoms {dmin:.2f} A apart after relaxation")
+    if problems:
+        raise RelaxError(f"{name}: implausible relaxation: {'; '.join(problems)}")
+    log.debug("%s relaxed in %d steps, volume %+.1f %%", name, info.steps, 100 * info.volume_change)
+    return final, info
+
+
+def _min_distance(structure: Structure) -> float:
+    """Smallest distance between two distinct sites, periodic images included (Å)."""
+    matrix = structure.distance_matrix
+    off_diagonal = [matrix[i][j] for i in range(len(structure)) for j in range(len(structure)) if i != j]
+    self_image = min(structure.lattice.abc)
+    return float(min(off_diagonal + [self_image]))
