@@ -78,7 +78,7 @@ def test_build_graph_errors():
     with pytest.raises(ValueError, match="disordered"):
         build_graph(disordered, 0)
     lonely = Structure(Lattice.cubic(20.0), ["Fe"], [[0, 0, 0]])
-    with pytest.raises(ValueError, match="no neighbour within 8"):
+    with pytest.raises(ValueError, match="no neighbouring atom within 8"):
         build_graph(lonely, 0)
     with pytest.raises(IndexError):
         build_graph(nio(), 99)

@@ -37,6 +37,7 @@ from torch_geometric.data import Data
 
 from xanes_utils.elements import N_POINTS
 from xanes_utils.io import atomic_write_bytes
+from xanes_utils.structures import validate_structure
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +152,6 @@ def edge_features(r: np.ndarray | float) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- graphs
 
-def _check_z(z: int, what: str) -> int:
-    """``z`` if it has orbital features, else a ValueError naming ``what``."""
-    if not 1 <= z <= MAX_Z or not _orbital_data()[1][z]:
-        raise ValueError(f"{what}: element with Z={z} has no orbital features (need 1 <= Z <= 104)")
-    return z
-
-
 def _assemble(z: torch.Tensor, dist: torch.Tensor, mask: torch.Tensor, cell_counts: torch.Tensor,
               element: str, site: int, y: torch.Tensor | None) -> Data:
     """A :class:`Data` star graph from its compact description (features derived from z and dist)."""
@@ -181,16 +175,17 @@ def _assemble(z: torch.Tensor, dist: torch.Tensor, mask: torch.Tensor, cell_coun
     return data
 
 
-def _describe(structure: Structure, site: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _describe(structure: Structure, site: int, name: str
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z [21], dist [20] float32, edge_mask [20], cell_counts [119]) of ``structure[site]``."""
-    if not structure.is_ordered:
-        raise ValueError("disordered structure (partial occupancies): the star graph needs an ordered structure")
+    validate_structure(structure, name)
     if not 0 <= site < len(structure):
-        raise IndexError(f"site {site} out of range (structure has {len(structure)} sites)")
-    z_abs = _check_z(int(structure[site].specie.Z), f"absorber site {site}")
+        raise IndexError(f"{name}: site {site} out of range (structure has {len(structure)} sites)")
     neighbours = structure.get_neighbors(structure[site], CUTOFF)
     if not neighbours:
-        raise ValueError(f"absorber site {site} ({structure[site].specie}) has no neighbour within {CUTOFF} A")
+        raise ValueError(f"{name}: absorber site {site} ({structure[site].specie}) has no neighbouring atom "
+                         f"within {CUTOFF} A (an isolated atom, or a cell of "
+                         f"{' x '.join(f'{x:.4g}' for x in structure.lattice.abc)} A with too few atoms)")
     # Deterministic order: distance (rounded against float noise), then Z, site index and image.
     neighbours.sort(key=lambda nb: (round(float(nb.nn_distance), 6), int(nb.specie.Z), int(nb.index),
                                     tuple(int(i) for i in nb.image)))
@@ -198,20 +193,22 @@ def _describe(structure: Structure, site: int) -> tuple[torch.Tensor, torch.Tens
     z = torch.zeros(N_NEIGHBOURS + 1, dtype=torch.long)
     dist = torch.zeros(N_NEIGHBOURS, dtype=torch.float32)
     mask = torch.zeros(N_NEIGHBOURS, dtype=torch.bool)
-    z[0] = z_abs
+    z[0] = int(structure[site].specie.Z)
     for j, nb in enumerate(chosen):
-        z[j + 1] = _check_z(int(nb.specie.Z), f"neighbour of site {site}")
+        z[j + 1] = int(nb.specie.Z)
         dist[j] = float(nb.nn_distance)
         mask[j] = True
     counts = torch.zeros(MAX_Z + 1, dtype=torch.long)
     for i, other in enumerate(structure):
         if i != site:
-            counts[_check_z(int(other.specie.Z), f"site {i}")] += 1
+            counts[int(other.specie.Z)] += 1
     return z, dist, mask, counts
 
 
-def build_graph(structure: Structure, site: int, y: np.ndarray | torch.Tensor | None = None) -> Data:
-    """Star graph of ``structure[site]`` (see the module docstring for the fields).
+def build_graph(structure: Structure, site: int, y: np.ndarray | torch.Tensor | None = None,
+                name: str = "structure") -> Data:
+    """Star graph of ``structure[site]`` (see the module docstring for the fields); errors start with
+    ``name`` (the file or item). The structure is checked by :func:`validate_structure`.
 
     Fields: ``x`` [21, 118] float32, ``z`` [21] long (0 = dummy), ``edge_index`` [2, 20]
     (neighbour j -> absorber 0), ``edge_attr`` [20, 65] float32 (zero on dummy edges),
@@ -219,12 +216,12 @@ def build_graph(structure: Structure, site: int, y: np.ndarray | torch.Tensor | 
     ``absorber_z`` [1] long, ``element`` str, ``site`` int and ``y`` [1, 111] float32 if given.
     Edge features are computed from the float32 distance, so a cache round-trip is bit-identical.
     """
-    z, dist, mask, counts = _describe(structure, site)
+    z, dist, mask, counts = _describe(structure, site, name)
     target = None
     if y is not None:
         target = torch.as_tensor(np.asarray(y, dtype=np.float32)).reshape(1, -1)
         if target.shape[1] != N_POINTS:
-            raise ValueError(f"target has {target.shape[1]} points; expected {N_POINTS}")
+            raise ValueError(f"{name}: target has {target.shape[1]} points; expected {N_POINTS}")
     return _assemble(z, dist, mask, counts, structure[site].specie.symbol, site, target)
 
 
@@ -308,10 +305,8 @@ def build_graphs(items: Sequence[Any], cache_path: str | Path | None = None, pro
             log.warning("graph cache %s not used (%s); rebuilding it", cache_path, exc)
     graphs = []
     for i, item in enumerate(tqdm(items, desc="graphs", unit="graph", disable=not progress)):
-        try:
-            graphs.append(build_graph(item.structure, int(item.site), getattr(item, "mu", None)))
-        except (ValueError, IndexError) as exc:
-            raise type(exc)(f"item {getattr(item, 'id', i)}: {exc}") from exc
+        graphs.append(build_graph(item.structure, int(item.site), getattr(item, "mu", None),
+                                  name=f"item {getattr(item, 'id', i)}"))
     if cache_path is not None and graphs and len({"y" in g for g in graphs}) > 1:
         log.warning("some items have a target and some do not; graph cache %s not written", cache_path)
     elif cache_path is not None and graphs:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.util import find_spec
 
+import numpy as np
+
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Element, Species, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
@@ -40,10 +42,14 @@ log = logging.getLogger(__name__)
 RADIUS_TOLERANCE = 0.30
 #: Largest cell (sites) kept: FEFF only needs the local cluster, but symmetry analysis grows with size.
 MAX_SITES = 64
+#: Closest approach of two atoms accepted (Å): shorter than any bond (H2: 0.74 Å); closer atoms overlap.
+MIN_DISTANCE = 0.5
+#: Largest atomic number accepted: pymatgen tabulates ground-state configurations up to Rf (Z = 104).
+MAX_Z = 104
 
 
 class StructureError(ValueError):
-    """A structure that cannot be used: disordered, no supported absorber, unreadable."""
+    """A structure that cannot be used: unreadable, degenerate, overlapping atoms, no supported absorber."""
 
 
 @dataclass
@@ -200,10 +206,45 @@ def distinct_sites(structure: Structure, element: str, symprec: float = 0.01) ->
     return sorted(group[0] for group in sym.equivalent_indices if structure[group[0]].specie.symbol == element)
 
 
-def check_structure(structure: Structure, name: str = "structure") -> None:
-    """Raise :class:`StructureError` for a disordered structure or one without a supported absorber."""
+def validate_structure(structure: Structure, name: str = "structure") -> None:
+    """Raise :class:`StructureError` naming ``name`` and the problem for a structure no code here can use.
+
+    The one check of every entry point (prediction, graphs, dataset loaders, FEFF inputs), run before
+    symmetry analysis (spglib crashes the process on non-finite input): at least one site, ordered,
+    finite lattice and coordinates, real elements with tabulated configurations (Z <= ``MAX_Z``), and no
+    two atoms (periodic images included) closer than ``MIN_DISTANCE``.
+    """
+    if len(structure) == 0:
+        raise StructureError(f"{name}: the structure holds no atoms")
     if not structure.is_ordered:
         raise StructureError(f"{name}: disordered structure (partial occupancies) is not supported")
+    matrix = structure.lattice.matrix
+    if not (np.all(np.isfinite(matrix)) and np.all(np.isfinite(structure.frac_coords))):
+        raise StructureError(f"{name}: the lattice or the atomic coordinates contain NaN or infinite values")
+    for i, site in enumerate(structure):
+        z = getattr(site.specie, "Z", None)
+        if not isinstance(site.specie, (Element, Species)) or not 1 <= z <= MAX_Z:
+            raise StructureError(f"{name}: site {i} is {site.species_string!r}, not an element with Z <= "
+                                 f"{MAX_Z} (the orbital features and FEFF need a real, tabulated element)")
+    # Packing bound: spheres of diameter MIN_DISTANCE fill at most pi / sqrt(18) of space, so a smaller
+    # volume per atom means two atoms are too close (and the neighbour search below stays small).
+    volume = abs(float(np.linalg.det(matrix)))
+    if volume / len(structure) < MIN_DISTANCE**3 / np.sqrt(2):
+        raise StructureError(f"{name}: cell volume {volume:.3g} A^3 for {len(structure)} atoms is too small: "
+                             f"atoms would be closer than {MIN_DISTANCE} A (lattice lengths "
+                             f"{', '.join(f'{x:.3g}' for x in structure.lattice.abc)} A)")
+    centres, points, _, dists = structure.get_neighbor_list(MIN_DISTANCE)
+    if len(dists):
+        k = int(np.argmin(dists))
+        i, j = int(centres[k]), int(points[k])
+        what = "its own periodic image" if i == j else f"site {j} ({structure[j].species_string})"
+        raise StructureError(f"{name}: site {i} ({structure[i].species_string}) is {dists[k]:.3f} A from "
+                             f"{what}; atoms closer than {MIN_DISTANCE} A overlap")
+
+
+def check_structure(structure: Structure, name: str = "structure") -> None:
+    """:func:`validate_structure`, and raise :class:`StructureError` if no supported absorber is present."""
+    validate_structure(structure, name)
     if not supported_absorbers(structure):
         present = ", ".join(sorted(el.symbol for el in structure.composition.elements))
         raise StructureError(f"{name}: no supported transition-metal absorber (elements: {present}); "
