@@ -36,7 +36,7 @@ from pymatgen.core import Element, Structure
 from torch_geometric.data import Data
 
 from xanes_utils.elements import N_POINTS
-from xanes_utils.io import atomic_write_bytes
+from xanes_utils.io import read_checksummed, write_checksummed
 from xanes_utils.structures import validate_structure
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ MAX_Z = 118
 #: Bumped whenever graph construction changes; part of the cache key.
 GRAPH_VERSION = "star-graph/1"
 #: Format tag of the on-disk graph cache.
-CACHE_FORMAT = "xanes-graph-cache/1"
+CACHE_FORMAT = "xanes-graph-cache/2"
 
 #: The 19 subshells occupied in ground-state atoms, ordered by (n, l).
 SUBSHELLS: tuple[tuple[int, str], ...] = (
@@ -244,15 +244,6 @@ def cache_key(items: Sequence[Any]) -> str:
     return digest.hexdigest()
 
 
-def _tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the bytes of ``tensors`` (sorted by name)."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        digest.update(name.encode())
-        digest.update(tensors[name].contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _pack(graphs: Sequence[Data], key: str) -> dict:
     """The compact cache payload of ``graphs`` (features are rebuilt from z and dist on load)."""
     has_y = all("y" in g for g in graphs)
@@ -266,18 +257,16 @@ def _pack(graphs: Sequence[Data], key: str) -> dict:
     if has_y:
         tensors["y"] = torch.cat([g.y for g in graphs])
     return {"format": CACHE_FORMAT, "key": key, "n": len(graphs), "elements": [g.element for g in graphs],
-            "tensors": tensors, "checksum": _tensor_checksum(tensors)}
+            "tensors": tensors}
 
 
 def _unpack(payload: Any, key: str, n: int) -> list[Data]:
-    """Graphs from a cache payload; raises ValueError if it is malformed, stale or corrupt."""
+    """Graphs from a cache payload; raises ValueError if it is malformed or stale."""
     if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
         raise ValueError("not a graph cache")
     if payload.get("key") != key or payload.get("n") != n:
         raise ValueError("stale cache (built from other items or another code version)")
     tensors = payload["tensors"]
-    if _tensor_checksum(tensors) != payload.get("checksum"):
-        raise ValueError("tensor checksum mismatch")
     y = tensors.get("y")
     return [_assemble(tensors["z"][i], tensors["dist"][i], tensors["edge_mask"][i], tensors["cell_counts"][i],
                       payload["elements"][i], int(tensors["site"][i]), None if y is None else y[i])
@@ -287,9 +276,9 @@ def _unpack(payload: Any, key: str, n: int) -> list[Data]:
 def build_graphs(items: Sequence[Any], cache_path: str | Path | None = None, progress: bool = True) -> list[Data]:
     """Star graphs of ``items`` (objects with ``.structure``, ``.site``, ``.mu`` and ``.id``).
 
-    With ``cache_path`` the graphs are stored compactly (``torch.save``) under a key hashing the
-    items and the code version; a matching cache is loaded (``weights_only=True``), a stale one is
-    rebuilt, and an unreadable or corrupt one is logged and rebuilt, never used.
+    With ``cache_path`` the graphs are stored compactly (``torch.save``, with a SHA-256 sidecar) under a
+    key hashing the items and the code version; a matching cache is loaded (``weights_only=True``), a
+    stale one is rebuilt, and an unreadable or corrupt one is logged and rebuilt, never used.
     """
     from tqdm import tqdm
 
@@ -297,7 +286,7 @@ def build_graphs(items: Sequence[Any], cache_path: str | Path | None = None, pro
     key = cache_key(items) if cache_path is not None else ""
     if cache_path is not None and Path(cache_path).exists():
         try:
-            payload = torch.load(cache_path, map_location="cpu", weights_only=True)
+            payload = torch.load(io.BytesIO(read_checksummed(cache_path)), map_location="cpu", weights_only=True)
             graphs = _unpack(payload, key, len(items))
             log.info("loaded %d graphs from cache %s", len(graphs), cache_path)
             return graphs
@@ -312,6 +301,6 @@ def build_graphs(items: Sequence[Any], cache_path: str | Path | None = None, pro
     elif cache_path is not None and graphs:
         buffer = io.BytesIO()
         torch.save(_pack(graphs, key), buffer)
-        atomic_write_bytes(cache_path, buffer.getvalue())
+        write_checksummed(cache_path, buffer.getvalue())
         log.info("cached %d graphs in %s", len(graphs), cache_path)
     return graphs
