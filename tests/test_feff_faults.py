@@ -143,7 +143,8 @@ def test_full_disk_records_no_failure_and_a_rerun_completes(tmp_path, monkeypatc
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=2**20))
     counts = generate(jobs, structures, tmp_path, workers=1)
     assert counts == {"done": 0, "failed": 0, "pending": 2, "skipped": 0}
-    assert "disk full (1 MiB free" in caplog.text and "left pending" in caplog.text
+    assert "disk full (1 MiB free" in caplog.text and "stage 'atomic' failed (exit code 38)" in caplog.text
+    assert "not recorded, the job stays pending" in caplog.text
     assert not (tmp_path / "failed").exists() and pending(jobs, tmp_path) == jobs
     assert not any((tmp_path / "_work").iterdir())
 
@@ -153,7 +154,9 @@ def test_full_disk_records_no_failure_and_a_rerun_completes(tmp_path, monkeypatc
 
     monkeypatch.setattr(shutil, "disk_usage", real_usage)
     monkeypatch.setattr(feff, "compute_spectrum", no_space)
+    caplog.clear()
     assert generate(jobs, structures, tmp_path, workers=1)["pending"] == 2
+    assert "disk full" in caplog.text and "No space left on device" in caplog.text
     assert pending(jobs, tmp_path) == jobs
 
     monkeypatch.setattr(feff, "compute_spectrum", quick_compute)  # space freed

@@ -155,7 +155,8 @@ def rewrite(path, edit) -> None:
 @pytest.mark.parametrize("edit, words", [
     (lambda p: p["model_config"].update(conv_dims=[16, 16, 16]), "weights do not match the checkpoint's model_config"),
     (lambda p: p.pop("model_config"), "no 'model_config' dict"),
-    (lambda p: p["model_config"].update(colour="blue"), r"invalid model_config \(unknown ModelConfig keys: \['colour'\]"),
+    (lambda p: p["model_config"].update(colour="blue"),
+     r"invalid model_config \(unknown ModelConfig keys: \['colour'\]"),
     (lambda p: next(iter(p["state_dict"].values())).view(-1).__setitem__(0, float("nan")), "is not a finite tensor"),
 ])
 def test_inconsistent_checkpoints_are_refused_naming_the_file(tmp_path, edit, words):

@@ -268,9 +268,11 @@ def _run_job(job: Job, structure_dict: dict, out_dir: str, settings: FeffSetting
                   "structure": structure_dict, **result}
         atomic_write_json(_done_path(out_dir, job), record)
         return job.id, DONE, f"{result['seconds']:.1f} s"
+    except FeffEnvironmentError as exc:
+        return job.id, PENDING, f"{exc}; not recorded, the job stays pending for the next run"
     except Exception as exc:  # noqa: BLE001 - a batch must survive any single failure
         reason = f"{type(exc).__name__}: {exc}"
-        problem = str(exc) if isinstance(exc, FeffEnvironmentError) else environment_problem(exc, out_dir)
+        problem = environment_problem(exc, out_dir)
         if problem is None:
             try:
                 atomic_write_json(_failed_path(out_dir, job), {"id": job.id, "reason": reason,
@@ -278,8 +280,7 @@ def _run_job(job: Job, structure_dict: dict, out_dir: str, settings: FeffSetting
                 return job.id, FAILED, reason
             except OSError as write_error:
                 problem = environment_problem(write_error, out_dir) or f"cannot record the failure ({write_error})"
-                reason = f"{reason}; {type(write_error).__name__}: {write_error}"
-        return job.id, PENDING, f"not recorded, left pending for the next run: {problem} ({reason})"
+        return job.id, PENDING, f"{problem} ({reason}); not recorded, the job stays pending for the next run"
 
 
 #: Scratch directories made by this process (removed by its watchdog if the parent dies).
