@@ -101,7 +101,7 @@ direct
 @pytest.mark.parametrize("fields, words", [
     ({"first": "inf 0.0 0.0"}, "NaN or infinite"),
     ({"a": "nan"}, "NaN or infinite"),
-    ({"a": "0.1"}, r"site 1 \(O\) is 0.100 A from its own periodic image; atoms closer than 0.5 A overlap"),
+    ({"a": "0.1"}, r"site 0 \(Ni\) is 0.100 A from its own periodic image; atoms closer than 0.5 A overlap"),
     ({"other": "Xx"}, "site 1 is 'Xx0\\+', not an element"),
     ({"other": "Db"}, "site 1 is 'Db', not an element with Z <= 104"),
 ])
@@ -116,6 +116,8 @@ def test_bad_structure_files_name_the_file_and_the_problem(tmp_path, fields, wor
 
 @pytest.mark.parametrize("structure, words", [
     (Structure(Lattice.cubic(1000.0), ["Ni"], [[0, 0, 0]]), "no neighbouring atom within 8.0 A"),
+    (Structure(Lattice.cubic(900.0), ["Ni", "O"], [[0, 0, 0], [0.5] * 3]), "no neighbouring atom within 8.0 A"),
+    (Structure(Lattice.cubic(1e8), ["Ni", "O"], [[0, 0, 0], [0.5] * 3]), "longer than 1000 A: not a crystal"),
     (Structure(Lattice.cubic(0.1), ["Ni"], [[0, 0, 0]]), "cell volume 0.001 A.3 for 1 atoms is too small"),
 ])
 def test_lone_atom_and_tiny_cell_files(tmp_path, structure, words):

@@ -44,7 +44,10 @@ def resolve_sites(structure: Structure, sites: Sequence[int] | None, name: str =
     """Requested sites checked, or every symmetry-distinct site of the supported absorbers."""
     check_structure(structure, name)
     if sites is None:
-        return sorted(i for el in supported_absorbers(structure) for i in distinct_sites(structure, el))
+        try:
+            return sorted(i for el in supported_absorbers(structure) for i in distinct_sites(structure, el))
+        except ValueError as exc:  # spglib finds no symmetry for some degenerate cells
+            raise StructureError(f"{name}: symmetry analysis failed ({exc}); pass the sites to predict") from exc
     for i in sites:
         if not 0 <= i < len(structure):
             raise IndexError(f"{name}: site {i} out of range (structure has {len(structure)} sites)")
