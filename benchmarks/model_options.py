@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -99,7 +100,7 @@ def main() -> None:
     configs = [parse_variant(v, base) for v in args.variants]
     tasks = [(profile.name, c, seed, args.real, args.save, f"v{i}") for i, c in enumerate(configs)
              for seed in range(args.seeds)]
-    with ProcessPoolExecutor(args.jobs) as pool:
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:  # CUDA-safe
         results = list(pool.map(run_one, *zip(*tasks)))
     print(f"Machine: {describe()}; profile {profile.name}, {args.seeds} seeds, {args.jobs} parallel processes\n")
     header = "| variant | test MSE median | flattened R² | η | uniform heads |"

@@ -100,13 +100,13 @@ def test_runner_on_dask_local_cluster_survives_failures_and_resumes(tmp_path, mo
     (tmp_path / "Ni" / f".{jobs[0].id}.json.gz.123.tmp").write_bytes(b"partial")
     with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
         counts = generate(jobs, structures, tmp_path, scheduler=client)
-    assert counts == {"done": 1, "failed": 1, "skipped": 0}
+    assert counts == {"done": 1, "failed": 1, "pending": 0, "skipped": 0}
     done = read_json(tmp_path / "Ni" / f"{jobs[0].id}.json.gz")
     assert done["absorbing_index"] == 0 and len(done["y"]) == 111
     failed = read_json(tmp_path / "failed" / f"{jobs[1].id}.json")
     assert "negative density" in failed["reason"]
     assert pending(jobs, tmp_path) == []
-    assert generate(jobs, structures, tmp_path, workers=1) == {"done": 0, "failed": 0, "skipped": 2}
+    assert generate(jobs, structures, tmp_path, workers=1) == {"done": 0, "failed": 0, "pending": 0, "skipped": 2}
 
 
 def test_safer_settings_change_scf_only():

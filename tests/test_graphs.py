@@ -78,7 +78,7 @@ def test_build_graph_errors():
     with pytest.raises(ValueError, match="disordered"):
         build_graph(disordered, 0)
     lonely = Structure(Lattice.cubic(20.0), ["Fe"], [[0, 0, 0]])
-    with pytest.raises(ValueError, match="no neighbour within 8"):
+    with pytest.raises(ValueError, match="no neighbouring atom within 8"):
         build_graph(lonely, 0)
     with pytest.raises(IndexError):
         build_graph(nio(), 99)
@@ -152,13 +152,19 @@ def test_build_graphs_cache_round_trip_and_corruption(tmp_path, caplog):
         assert same(build_graphs(items, cache_path=path, progress=False))
     assert "not used" in caplog.text
 
-    payload = torch.load(path, weights_only=True)  # rebuilt above; now tamper with a tensor
-    payload["tensors"]["y"][0, 0] = 42.0
-    torch.save(payload, path)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="xanes_utils.graphs"):
-        assert same(build_graphs(items, cache_path=path, progress=False))
-    assert "checksum" in caplog.text
+    def tamper(edit):
+        payload = torch.load(path, weights_only=True)
+        edit(payload)
+        torch.save(payload, path)  # the sidecar checksum is not updated
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="xanes_utils.graphs"):
+            rebuilt = build_graphs(items, cache_path=path, progress=False)
+        assert "SHA-256 does not match graphs.pt.sha256" in caplog.text and same(rebuilt)
+        return rebuilt
+
+    tamper(lambda p: p["tensors"]["y"].__setitem__((0, 0), 42.0))
+    labels = tamper(lambda p: p["elements"].__setitem__(0, "Nh"))  # an element label, not a tensor
+    assert [g.element for g in labels] == ["Ni", "O", "Ni"]
 
     caplog.clear()
     items[0].mu = np.full(111, 0.5)  # other targets: stale key, rebuilt

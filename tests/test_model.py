@@ -32,8 +32,9 @@ def batch() -> Batch:
     graphs = [build_graph(rocksalt(m, a), s, y=rng.random(111))
               for m, a in [("Ni", 4.17), ("Co", 4.26), ("Mn", 4.44)] for s in (0, 4)]
     graphs.append(build_graph(cluster(), 0, y=rng.random(111)))
+    # spinel in pymatgen's origin choice 1 (A at 8a 0,0,0; B at 16d 5/8; O at 32e u = 0.3875)
     spinel = Structure.from_spacegroup("Fd-3m", Lattice.cubic(8.4), ["Fe", "Co", "O"],
-                                       [[0.125] * 3, [0.5] * 3, [0.26] * 3])
+                                       [[0, 0, 0], [0.625] * 3, [0.3875] * 3])
     graphs.append(build_graph(spinel, 0, y=rng.random(111)))
     return Batch.from_data_list(graphs)
 

@@ -17,10 +17,10 @@ def rocksalt(metal="Ni", a=4.17):
 def test_distinct_sites_use_symmetry():
     nio = rocksalt()
     assert len(nio) == 8 and distinct_sites(nio, "Ni") == [0]
-    # Spinel Fe3O4-like AB2O4: tetrahedral A and octahedral B sites are two distinct classes.
+    # Spinel AB2O4 (origin choice 1: A at 8a, B at 16d, O at 32e): tetrahedral A and octahedral B sites
+    # are two distinct classes.
     spinel = Structure.from_spacegroup(
-        "Fd-3m", Lattice.cubic(8.4), ["Fe", "Co", "O"],
-        [[0.125, 0.125, 0.125], [0.5, 0.5, 0.5], [0.2625, 0.2625, 0.2625]])
+        "Fd-3m", Lattice.cubic(8.4), ["Fe", "Co", "O"], [[0, 0, 0], [0.625] * 3, [0.3875] * 3])
     assert len(distinct_sites(spinel, "Fe")) == 1 and len(distinct_sites(spinel, "Co")) == 1
     assert spinel.composition["Fe"] > 1 and spinel.composition["Co"] > 1
 

@@ -106,8 +106,9 @@ def test_predict_on_cif_every_distinct_site(tmp_path):
     preds = predict(cif, model=model)
     assert [(p.element, p.site) for p in preds] == [("Ni", 0)]
     assert np.allclose(preds[0].energy, energy_grid("Ni")) and preds[0].mu.shape == (111,)
+    # spinel in pymatgen's origin choice 1 (A at 8a 0,0,0; B at 16d 5/8; O at 32e u = 0.3875)
     spinel = Structure.from_spacegroup("Fd-3m", Lattice.cubic(8.4), ["Fe", "Co", "O"],
-                                       [[0.125] * 3, [0.5] * 3, [0.2625] * 3])
+                                       [[0, 0, 0], [0.625] * 3, [0.3875] * 3])
     assert sorted(p.element for p in predict(spinel, model=model)) == ["Co", "Fe"]
 
 

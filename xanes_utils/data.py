@@ -41,7 +41,7 @@ from xanes_utils.dataset import FORMAT, Record, manifest_path, load_dataset
 from xanes_utils.elements import E_START, ELEMENTS, N_POINTS, check_element, energy_grid
 from xanes_utils.feff import to_grid
 from xanes_utils.io import CorruptFileError, atomic_write_bytes
-from xanes_utils.structures import check_structure
+from xanes_utils.structures import check_structure, validate_structure
 
 log = logging.getLogger(__name__)
 
@@ -134,22 +134,19 @@ def _floats(value: Any, name: str) -> np.ndarray:
 
 
 def _structure(value: Any, name: str = "structure") -> Structure:
-    """A pymatgen structure from its dict (``Structure.as_dict``), as a :class:`DataError` if unreadable."""
+    """A checked pymatgen structure from its dict (``Structure.as_dict``), as a ``ValueError`` if unusable."""
     if isinstance(value, Structure):
-        return value
-    if not isinstance(value, dict):
+        structure = value
+    elif not isinstance(value, dict):
         raise DataError(f"{name}: expected a pymatgen structure dict, got {_short(value)}")
-    if "lattice" not in value and isinstance(value.get("structure"), dict):
-        value = value["structure"]  # SymmetrizedStructure (site-averaged MP spectra) wraps the structure
-    try:
-        structure = Structure.from_dict(value)
-        matrix = structure.lattice.matrix
-        finite = np.all(np.isfinite(matrix)) and np.all(np.isfinite(structure.frac_coords))
-        volume = structure.volume
-    except Exception as exc:  # noqa: BLE001 - pymatgen's parser raises many types on malformed input
-        raise DataError(f"{name}: unreadable pymatgen structure ({type(exc).__name__}: {exc})") from exc
-    if not finite or not volume > 1e-3 or len(structure) == 0:
-        raise DataError(f"{name}: degenerate structure (non-finite coordinates, zero volume or no sites)")
+    else:
+        if "lattice" not in value and isinstance(value.get("structure"), dict):
+            value = value["structure"]  # SymmetrizedStructure (site-averaged MP spectra) wraps the structure
+        try:
+            structure = Structure.from_dict(value)
+        except Exception as exc:  # noqa: BLE001 - pymatgen's parser raises many types on malformed input
+            raise DataError(f"{name}: unreadable pymatgen structure ({type(exc).__name__}: {exc})") from exc
+    validate_structure(structure, name)
     return structure
 
 
@@ -576,9 +573,11 @@ def _material_structure(material_dir: Path) -> Structure:
     if len(files) != 1:
         raise DataError(f"expected one POSCAR or one *.cif, found {len(files)}")
     try:
-        return Structure.from_file(files[0])
+        structure = Structure.from_file(files[0])
     except Exception as exc:  # noqa: BLE001 - pymatgen's file parsers raise many types on bad files
         raise DataError(f"unreadable structure {files[0].name} ({type(exc).__name__}: {exc})") from exc
+    validate_structure(structure, files[0].name)
+    return structure
 
 
 def _material_dirs(root: Path) -> Iterator[Path]:

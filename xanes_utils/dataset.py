@@ -115,8 +115,11 @@ def load_dataset(path: str | Path | None = None, verify: bool = True) -> list[Re
         raise FileNotFoundError(f"{path}: dataset file not found")
     manifest = manifest_path(path)
     if verify and manifest.exists():
-        expected = read_json(manifest)["sha256"]
-        if sha256(path) != expected:
+        expected = read_json(manifest)
+        if not isinstance(expected, dict) or not isinstance(expected.get("sha256"), str):
+            raise CorruptFileError(f"{manifest}: manifest without a 'sha256' entry; re-pack the dataset or "
+                                   "restore the manifest from git")
+        if sha256(path) != expected["sha256"]:
             raise CorruptFileError(f"{path}: SHA-256 does not match {manifest.name}; the file is "
                                    "corrupt or was modified (re-pack it or restore it from git)")
     data = read_json(path)

@@ -2,8 +2,11 @@
 
 Settings live in :class:`FeffSettings` (one place); every record stores the settings that produced it.
 The runner :func:`generate` runs one FEFF process per core (or on a Dask cluster), persists every finished
-spectrum atomically, records failures with their reason, and skips finished and known-failed jobs on a
-rerun. Command line: ``python -m xanes_utils.feff generate --help``.
+spectrum atomically, records failures of a site with their reason, and skips finished and known-failed
+jobs on a rerun (``--retry-failed`` reruns the failed ones). Failures of the environment (disk full, out of
+memory, killed, timed out) are not recorded: those jobs stay pending. Ctrl-C or SIGTERM stops a run at
+once: queued jobs are cancelled, workers and their FEFF processes killed, scratch directories removed.
+Command line: ``python -m xanes_utils.feff generate --help``.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import functools
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections import Counter
@@ -26,6 +32,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import psutil
 from pymatgen.core import Structure
 
 from xanes_utils.dataset import finished_record_paths
@@ -36,8 +43,38 @@ from xanes_utils.structures import check_structure
 log = logging.getLogger(__name__)
 
 
+#: Free space (bytes) below which a failure is put down to a full disk rather than to the site.
+MIN_FREE_BYTES = 64 * 2**20
+#: Outcomes of one job: persisted, failure recorded, or left pending (an environment problem).
+DONE, FAILED, PENDING = "done", "failed", "pending"
+
+
 class FeffRunError(RuntimeError):
     """FEFF failed or produced no usable spectrum for a site."""
+
+
+class FeffEnvironmentError(FeffRunError):
+    """FEFF failed because of its environment (disk full, out of memory, killed, timed out), not the site."""
+
+
+def environment_problem(exc: BaseException, path: str | Path) -> str | None:
+    """What in the environment caused ``exc`` (disk full at ``path``, out of memory, a killed process, a
+    time-out), or ``None`` for a failure of the job itself."""
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, MemoryError) or code == errno.ENOMEM:
+        return "out of memory"
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        free = MIN_FREE_BYTES
+    if code in (errno.ENOSPC, errno.EDQUOT) or free < MIN_FREE_BYTES:
+        return f"disk full ({free / 2**20:.0f} MiB free at {path})"
+    text = str(exc)
+    if "killed by signal" in text:
+        return "a FEFF process was killed (out of memory, or stopped from outside)"
+    if "timed out after" in text:
+        return "a FEFF stage timed out"
+    return None
 
 
 @dataclass(frozen=True)
@@ -110,7 +147,11 @@ def run_feff(directory: str | Path, stage_timeout: float | None = None) -> tuple
             result = feff10.FeffPipeline(feff10.FeffConfig(directory, inp, stage_timeout=stage_timeout)).run()
             table = result.read_xmu()
     except feff10.FeffError as exc:
-        raise FeffRunError(f"FEFF failed in {directory}: {exc}; last output: {_tail(log_path)}") from exc
+        message = f"FEFF failed in {directory}: {exc}; last output: {_tail(log_path)}"
+        problem = environment_problem(exc, directory)  # checked before the scratch directory is removed
+        if problem is not None:
+            raise FeffEnvironmentError(f"{problem}: {message}") from exc
+        raise FeffRunError(message) from exc
     header = table.header[-1].lstrip("#").split()
     cols = table.columns
     energy = np.asarray(cols[header.index("omega")], dtype=float)
@@ -180,7 +221,8 @@ class Job:
 
 def compute_spectrum(structure: Structure, site: int, settings: FeffSettings = DEFAULT_SETTINGS,
                      stage_timeout: float | None = None, workdir: str | Path | None = None) -> dict:
-    """FEFF K-edge XANES of one site; retry once with :meth:`FeffSettings.safer` on failure.
+    """FEFF K-edge XANES of one site; retry once with :meth:`FeffSettings.safer` on a failure of the site
+    (a :class:`FeffEnvironmentError` is raised at once).
 
     Returns a dict with the grid spectrum, FEFF's raw (energy, mu), the settings used and the seconds
     taken by all attempts.
@@ -196,6 +238,8 @@ def compute_spectrum(structure: Structure, site: int, settings: FeffSettings = D
             write_inputs(structure, site, tmp, used)
             energy, mu = run_feff(tmp, stage_timeout)
             grid, y = to_grid(energy, mu, element)
+        except FeffEnvironmentError:
+            raise
         except (FeffRunError, ValueError) as exc:
             errors.append(f"attempt {attempt + 1} ({dataclasses.asdict(used)}): {exc}")
             log.warning("FEFF attempt %d failed for %s site %d: %s", attempt + 1, element, site, exc)
@@ -211,11 +255,13 @@ def compute_spectrum(structure: Structure, site: int, settings: FeffSettings = D
 
 
 def _run_job(job: Job, structure_dict: dict, out_dir: str, settings: FeffSettings,
-             stage_timeout: float | None, relax: bool = False) -> tuple[str, bool, str]:
+             stage_timeout: float | None, relax: bool = False) -> tuple[str, str, str]:
     """Worker: compute one job and persist its record or its failure; never raises.
 
-    With ``relax`` the structure is first relaxed (:func:`xanes_utils.relax.relax_structure`); the record
-    then holds the relaxed structure, the relaxation's summary and the structure before it.
+    Returns (job id, outcome, information); the outcome is :data:`PENDING`, with nothing recorded, when
+    the environment failed (:func:`environment_problem`). With ``relax`` the structure is first relaxed
+    (:func:`xanes_utils.relax.relax_structure`); the record then holds the relaxed structure, the
+    relaxation's summary and the structure before it.
     """
     structure = Structure.from_dict(structure_dict)
     extra: dict = {}
@@ -225,16 +271,28 @@ def _run_job(job: Job, structure_dict: dict, out_dir: str, settings: FeffSetting
             extra = {"relaxation": relaxation.as_dict(), "initial_structure": structure_dict}
             structure_dict = structure.as_dict()
         result = compute_spectrum(structure, job.site, settings, stage_timeout, workdir=_work_root(out_dir))
+        record = {"id": job.id, "structure_id": job.structure_id, "absorbing_index": job.site,
+                  "absorbing_element": job.element, "edge": "K", "spectrum_type": "XANES",
+                  "structure": structure_dict, **extra, **result}
+        atomic_write_json(_done_path(out_dir, job), record)
+        return job.id, DONE, f"{result['seconds']:.1f} s"
+    except FeffEnvironmentError as exc:
+        return job.id, PENDING, f"{exc}; not recorded, the job stays pending for the next run"
     except Exception as exc:  # noqa: BLE001 - a batch must survive any single failure
         reason = f"{type(exc).__name__}: {exc}"
-        atomic_write_json(_failed_path(out_dir, job), {"id": job.id, "reason": reason,
-                                                       "traceback": traceback.format_exc(limit=3)})
-        return job.id, False, reason
-    record = {"id": job.id, "structure_id": job.structure_id, "absorbing_index": job.site,
-              "absorbing_element": job.element, "edge": "K", "spectrum_type": "XANES",
-              "structure": structure_dict, **extra, **result}
-    atomic_write_json(_done_path(out_dir, job), record)
-    return job.id, True, f"{result['seconds']:.1f} s"
+        problem = environment_problem(exc, out_dir)
+        if problem is None:
+            try:
+                atomic_write_json(_failed_path(out_dir, job), {"id": job.id, "reason": reason,
+                                                               "traceback": traceback.format_exc(limit=3)})
+                return job.id, FAILED, reason
+            except OSError as write_error:
+                problem = environment_problem(write_error, out_dir) or f"cannot record the failure ({write_error})"
+        return job.id, PENDING, f"{problem} ({reason}); not recorded, the job stays pending for the next run"
+
+
+#: Scratch directories made by this process (removed by its watchdog if the parent dies).
+_SCRATCH: set[str] = set()
 
 
 @functools.lru_cache(maxsize=8)
@@ -254,9 +312,73 @@ def _relaxed(structure_id: str, structure: Structure):
 
 
 def _work_root(out_dir: str) -> str:
-    path = os.path.join(out_dir, "_work")
+    """This process's FEFF scratch directory, ``<out_dir>/_work/w<pid>`` (see :func:`_remove_scratch`)."""
+    path = os.path.join(out_dir, "_work", f"w{os.getpid()}")
     os.makedirs(path, exist_ok=True)
+    _SCRATCH.add(path)
     return path
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _remove_scratch(out_dirs: Iterable[str]) -> None:
+    """Delete the scratch directories (:func:`_work_root`) of processes that no longer run."""
+    for out_dir in set(out_dirs):
+        for path in Path(out_dir, "_work").glob("w*"):
+            if not path.name[1:].isdigit() or not _alive(int(path.name[1:])):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _kill_trees(pids: Iterable[int]) -> None:
+    """SIGKILL processes ``pids``, then their descendants as they were (FEFF stage processes), and wait
+    for the descendants (``pids``, child processes, are left for their owner to reap).
+
+    Every tree is listed before anything is killed: a dying worker's children would otherwise be
+    orphaned out of reach (the pool terminates the other workers when one dies)."""
+    roots, descendants = [], []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(pid)
+            descendants += root.children(recursive=True)
+            roots.append(root)
+    for proc in roots + descendants:  # workers first, so that none starts another stage
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(descendants, timeout=5)
+
+
+def _init_worker(parent: int) -> None:
+    """Pool worker setup: its own process group, so a terminal's Ctrl-C reaches only the parent (which
+    stops the workers), default SIGTERM, and a watchdog that ends the worker if the parent dies."""
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="parent-watchdog").start()
+
+
+def _watch_parent(parent: int) -> None:
+    """Once ``parent`` is gone (even by SIGKILL), kill this worker, its FEFF processes and its scratch
+    directories: a killed run leaves nothing behind, and the job, not recorded, stays pending."""
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    children = []
+    with contextlib.suppress(psutil.Error):
+        children = psutil.Process().children(recursive=True)
+        for child in children:  # frozen: no more scratch files, and the job can neither finish nor fail
+            child.suspend()
+    for path in list(_SCRATCH):
+        shutil.rmtree(path, ignore_errors=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(child.pid) != os.getpgrp():
+                child.kill()
+    os.killpg(os.getpgrp(), signal.SIGKILL)  # this worker and its process group at once
 
 
 def _done_path(out_dir: str | Path, job: Job) -> Path:
@@ -267,9 +389,11 @@ def _failed_path(out_dir: str | Path, job: Job) -> Path:
     return Path(out_dir) / "failed" / f"{job.id}.json"
 
 
-def pending(jobs: Iterable[Job], out_dir: str | Path) -> list[Job]:
-    """Jobs with neither a finished record nor a recorded failure in ``out_dir`` (in the given order)."""
-    return [j for j in jobs if not _done_path(out_dir, j).exists() and not _failed_path(out_dir, j).exists()]
+def pending(jobs: Iterable[Job], out_dir: str | Path, retry_failed: bool = False) -> list[Job]:
+    """Jobs without a finished record in ``out_dir`` and, unless ``retry_failed``, without a recorded
+    failure (in the given order)."""
+    return [j for j in jobs if not _done_path(out_dir, j).exists()
+            and (retry_failed or not _failed_path(out_dir, j).exists())]
 
 
 def balanced(todo: list[Job], out_dir: str | Path) -> list[Job]:
@@ -290,17 +414,20 @@ def balanced(todo: list[Job], out_dir: str | Path) -> list[Job]:
 
 def generate(jobs: list[Job], structures: dict[str, dict], out_dir: str | Path, workers: int | None = None,
              settings: FeffSettings = DEFAULT_SETTINGS, stage_timeout: float | None = 900.0,
-             scheduler: str | None = None, relax: bool = False) -> dict[str, int]:
+             scheduler: str | None = None, retry_failed: bool = False, relax: bool = False) -> dict[str, int]:
     """Run every pending job (see :func:`balanced` for the order) and persist its result under ``out_dir``;
-    return counts of outcomes.
+    return counts of outcomes (see :func:`run_tasks`) and of skipped jobs.
 
     ``structures`` maps structure ids to pymatgen structure dicts. With ``scheduler`` (a Dask
     ``distributed`` address, or a ``distributed.Client``), jobs run on that cluster; otherwise in a local
-    process pool of ``workers`` processes (default: one per core). With ``relax`` every structure is
-    relaxed before FEFF (see :func:`_run_job`).
+    process pool of ``workers`` processes (default: one per core). ``retry_failed`` reruns jobs with a
+    recorded failure (the record is removed first; a new failure records it again). With ``relax`` every
+    structure is relaxed before FEFF (see :func:`_run_job`).
     """
     out_dir = str(out_dir)
-    todo = balanced(pending(jobs, out_dir), out_dir)
+    todo = balanced(pending(jobs, out_dir, retry_failed), out_dir)
+    for job in todo:
+        _failed_path(out_dir, job).unlink(missing_ok=True)
     log.info("%d of %d jobs pending in %s", len(todo), len(jobs), out_dir)
     tasks = [(job, structures[job.structure_id], out_dir, settings, stage_timeout, relax) for job in todo]
     return {**run_tasks(tasks, workers, scheduler), "skipped": len(jobs) - len(todo)}
@@ -311,22 +438,54 @@ def run_tasks(tasks: list[tuple], workers: int | None = None, scheduler=None, de
     """Run ``(job, structure_dict, out_dir, settings, stage_timeout[, relax])`` tasks with a tqdm bar.
 
     Each task persists its own record or failure under its ``out_dir`` (see :func:`generate`); tasks
-    may differ in settings and output directory. Returns counts of finished and failed tasks.
+    may differ in settings and output directory. Returns counts of the outcomes ``done``, ``failed``
+    (recorded) and ``pending`` (an environment problem, nothing recorded). Ctrl-C or SIGTERM stops the
+    run within seconds (:class:`KeyboardInterrupt` is raised); unfinished jobs stay pending.
     """
     from tqdm import tqdm
 
-    counts = {"done": 0, "failed": 0}
-    with tqdm(total=len(tasks), desc=desc, unit="spectrum") as bar:
-        for job_id, ok, info in _execute(tasks, workers, scheduler):
-            counts["done" if ok else "failed"] += 1
-            if not ok:
-                log.warning("%s failed: %s", job_id, info)
-            bar.set_postfix(done=counts["done"], failed=counts["failed"])
-            bar.update()
+    counts = {DONE: 0, FAILED: 0, PENDING: 0}
+    out_dirs = [str(t[2]) for t in tasks]
+    _remove_scratch(out_dirs)  # left by a run that was killed
+    try:
+        with _sigterm_interrupts(), contextlib.closing(_execute(tasks, workers, scheduler)) as results, \
+                tqdm(total=len(tasks), desc=desc, unit="spectrum") as bar:
+            for job_id, outcome, info in results:
+                counts[outcome] += 1
+                if outcome != DONE:
+                    log.warning("%s %s: %s", job_id, outcome, info)
+                bar.set_postfix(counts)
+                bar.update()
+    except KeyboardInterrupt:
+        log.warning("%s interrupted (%s); the %d unfinished jobs stay pending", desc, counts,
+                    len(tasks) - sum(counts.values()))
+        raise
+    finally:
+        _remove_scratch(out_dirs)
     return counts
 
 
-def _execute(args: list[tuple], workers: int | None, scheduler) -> Iterator[tuple[str, bool, str]]:
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`KeyboardInterrupt` (main thread only), so a terminated run
+    stops its workers as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _execute(args: list[tuple], workers: int | None, scheduler) -> Iterator[tuple[str, str, str]]:
+    """Outcomes of ``_run_job(*a)`` for every ``a`` in ``args``, in completion order. Closing the iterator
+    early (an exception in the consumer, Ctrl-C) cancels queued jobs and kills running ones."""
     if not args:
         return
     if scheduler is not None:
@@ -334,18 +493,29 @@ def _execute(args: list[tuple], workers: int | None, scheduler) -> Iterator[tupl
 
         own = not isinstance(scheduler, Client)
         client = Client(scheduler) if own else scheduler
+        futures = []
         try:
             futures = [client.submit(_run_job, *a, pure=False) for a in args]
             for fut in dask_completed(futures):
                 yield fut.result()
         finally:
+            client.cancel(futures)
             if own:
                 client.close()
         return
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers or os.cpu_count(), initializer=_init_worker,
+                               initargs=(os.getpid(),))
+    try:
         futures = [pool.submit(_run_job, *a) for a in args]
         for fut in as_completed(futures):
             yield fut.result()
+    except BaseException:  # KeyboardInterrupt, GeneratorExit, a broken pool: stop everything now
+        processes = list((pool._processes or {}).values())  # no public accessor before Python 3.14
+        pool.shutdown(wait=False, cancel_futures=True)
+        _kill_trees(proc.pid for proc in processes)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def plan_jobs(library: list, seed: int = 0) -> list[Job]:
@@ -414,6 +584,7 @@ def _main(argv: list[str] | None = None) -> None:
     gen.add_argument("--limit", type=int, default=None, help="only the first N jobs of the plan")
     gen.add_argument("--scheduler", default=None, help="Dask distributed scheduler address")
     gen.add_argument("--stage-timeout", type=float, default=900.0, help="seconds per FEFF stage")
+    gen.add_argument("--retry-failed", action="store_true", help="rerun jobs with a recorded failure")
     pl = sub.add_parser("plan", help="build the structure library and the round-robin job plan")
     pl.add_argument("--out", default="data/plan.json.gz")
     pl.add_argument("--no-minerals", action="store_true", help="skip robocrys' mineral database")
@@ -449,8 +620,12 @@ def _main(argv: list[str] | None = None) -> None:
     elif args.cmd == "generate":
         plan = read_json(args.plan)
         jobs = [Job(**j) for j in plan["jobs"]][: args.limit]
-        counts = generate(jobs, plan["structures"], args.out, args.workers, stage_timeout=args.stage_timeout,
-                          scheduler=args.scheduler, relax=bool(plan.get("relax", False)))
+        try:
+            counts = generate(jobs, plan["structures"], args.out, args.workers, stage_timeout=args.stage_timeout,
+                              scheduler=args.scheduler, retry_failed=args.retry_failed,
+                              relax=bool(plan.get("relax", False)))
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
         log.info("generate: %s", counts)
     elif args.cmd == "pack":
         from xanes_utils.dataset import pack

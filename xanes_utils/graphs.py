@@ -44,7 +44,8 @@ from pymatgen.core import Element, Structure
 from torch_geometric.data import Data
 
 from xanes_utils.elements import N_POINTS
-from xanes_utils.io import atomic_write_bytes
+from xanes_utils.io import read_checksummed, write_checksummed
+from xanes_utils.structures import validate_structure
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ ANGLE_DECAY = 0.5
 #: Bumped whenever graph construction changes; part of the cache key.
 GRAPH_VERSION = "star-graph/2"
 #: Format tag of the on-disk graph cache.
-CACHE_FORMAT = "xanes-graph-cache/2"
+CACHE_FORMAT = "xanes-graph-cache/3"
 
 #: The 19 subshells occupied in ground-state atoms, ordered by (n, l).
 SUBSHELLS: tuple[tuple[int, str], ...] = (
@@ -183,13 +184,6 @@ def angular_features(vec: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- graphs
 
-def _check_z(z: int, what: str) -> int:
-    """``z`` if it has orbital features, else a ValueError naming ``what``."""
-    if not 1 <= z <= MAX_Z or not _orbital_data()[1][z]:
-        raise ValueError(f"{what}: element with Z={z} has no orbital features (need 1 <= Z <= 104)")
-    return z
-
-
 def _assemble(z: torch.Tensor, dist: torch.Tensor, vec: torch.Tensor, mask: torch.Tensor,
               cell_counts: torch.Tensor, element: str, site: int, y: torch.Tensor | None) -> Data:
     """A :class:`Data` star graph from its compact description (features derived from z, dist, vec)."""
@@ -217,18 +211,18 @@ def _assemble(z: torch.Tensor, dist: torch.Tensor, vec: torch.Tensor, mask: torc
     return data
 
 
-def _describe(structure: Structure, site: int, n_neighbours: int = N_NEIGHBOURS
+def _describe(structure: Structure, site: int, name: str, n_neighbours: int = N_NEIGHBOURS
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z [n+1], dist [n] float32, vec [n, 3] float32, edge_mask [n], cell_counts [119]) of
     ``structure[site]`` with ``n = n_neighbours``."""
-    if not structure.is_ordered:
-        raise ValueError("disordered structure (partial occupancies): the star graph needs an ordered structure")
+    validate_structure(structure, name)
     if not 0 <= site < len(structure):
-        raise IndexError(f"site {site} out of range (structure has {len(structure)} sites)")
-    z_abs = _check_z(int(structure[site].specie.Z), f"absorber site {site}")
+        raise IndexError(f"{name}: site {site} out of range (structure has {len(structure)} sites)")
     neighbours = structure.get_neighbors(structure[site], CUTOFF)
     if not neighbours:
-        raise ValueError(f"absorber site {site} ({structure[site].specie}) has no neighbour within {CUTOFF} A")
+        raise ValueError(f"{name}: absorber site {site} ({structure[site].specie}) has no neighbouring atom "
+                         f"within {CUTOFF} A (an isolated atom, or a cell of "
+                         f"{' x '.join(f'{x:.4g}' for x in structure.lattice.abc)} A with too few atoms)")
     # Deterministic order: distance (rounded against float noise), then Z, site index and image.
     neighbours.sort(key=lambda nb: (round(float(nb.nn_distance), 6), int(nb.specie.Z), int(nb.index),
                                     tuple(int(i) for i in nb.image)))
@@ -237,23 +231,24 @@ def _describe(structure: Structure, site: int, n_neighbours: int = N_NEIGHBOURS
     dist = torch.zeros(n_neighbours, dtype=torch.float32)
     vec = torch.zeros(n_neighbours, 3, dtype=torch.float32)
     mask = torch.zeros(n_neighbours, dtype=torch.bool)
-    z[0] = z_abs
+    z[0] = int(structure[site].specie.Z)
     centre = structure[site].coords
     for j, nb in enumerate(chosen):
-        z[j + 1] = _check_z(int(nb.specie.Z), f"neighbour of site {site}")
+        z[j + 1] = int(nb.specie.Z)
         dist[j] = float(nb.nn_distance)
         vec[j] = torch.from_numpy(np.asarray(nb.coords - centre, np.float32))
         mask[j] = True
     counts = torch.zeros(MAX_Z + 1, dtype=torch.long)
     for i, other in enumerate(structure):
         if i != site:
-            counts[_check_z(int(other.specie.Z), f"site {i}")] += 1
+            counts[int(other.specie.Z)] += 1
     return z, dist, vec, mask, counts
 
 
 def build_graph(structure: Structure, site: int, y: np.ndarray | torch.Tensor | None = None,
-                n_neighbours: int = N_NEIGHBOURS) -> Data:
-    """Star graph of ``structure[site]`` (see the module docstring for the fields).
+                name: str = "structure", n_neighbours: int = N_NEIGHBOURS) -> Data:
+    """Star graph of ``structure[site]`` (see the module docstring for the fields); errors start with
+    ``name`` (the file or item). The structure is checked by :func:`validate_structure`.
 
     Fields (n = ``n_neighbours``): ``x`` [n+1, 118] float32, ``z`` [n+1] long (0 = dummy),
     ``edge_index`` [2, n] (neighbour j -> absorber 0), ``edge_attr`` [n, 65] float32 (zero on dummy
@@ -263,12 +258,12 @@ def build_graph(structure: Structure, site: int, y: np.ndarray | torch.Tensor | 
     Edge features are computed from the float32 distances and vectors, so a cache round-trip is
     bit-identical.
     """
-    z, dist, vec, mask, counts = _describe(structure, site, n_neighbours)
+    z, dist, vec, mask, counts = _describe(structure, site, name, n_neighbours)
     target = None
     if y is not None:
         target = torch.as_tensor(np.asarray(y, dtype=np.float32)).reshape(1, -1)
         if target.shape[1] != N_POINTS:
-            raise ValueError(f"target has {target.shape[1]} points; expected {N_POINTS}")
+            raise ValueError(f"{name}: target has {target.shape[1]} points; expected {N_POINTS}")
     return _assemble(z, dist, vec, mask, counts, structure[site].specie.symbol, site, target)
 
 
@@ -291,17 +286,8 @@ def cache_key(items: Sequence[Any], n_neighbours: int = N_NEIGHBOURS) -> str:
     return digest.hexdigest()
 
 
-def _tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the bytes of ``tensors`` (sorted by name)."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        digest.update(name.encode())
-        digest.update(tensors[name].contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _pack(graphs: Sequence[Data], key: str) -> dict:
-    """The compact cache payload of ``graphs`` (features are rebuilt from z and dist on load)."""
+    """The compact cache payload of ``graphs`` (features are rebuilt from z, dist and vec on load)."""
     has_y = all("y" in g for g in graphs)
     tensors = {
         "z": torch.stack([g.z for g in graphs]),
@@ -314,18 +300,16 @@ def _pack(graphs: Sequence[Data], key: str) -> dict:
     if has_y:
         tensors["y"] = torch.cat([g.y for g in graphs])
     return {"format": CACHE_FORMAT, "key": key, "n": len(graphs), "elements": [g.element for g in graphs],
-            "tensors": tensors, "checksum": _tensor_checksum(tensors)}
+            "tensors": tensors}
 
 
 def _unpack(payload: Any, key: str, n: int) -> list[Data]:
-    """Graphs from a cache payload; raises ValueError if it is malformed, stale or corrupt."""
+    """Graphs from a cache payload; raises ValueError if it is malformed or stale."""
     if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
         raise ValueError("not a graph cache")
     if payload.get("key") != key or payload.get("n") != n:
         raise ValueError("stale cache (built from other items or another code version)")
     tensors = payload["tensors"]
-    if _tensor_checksum(tensors) != payload.get("checksum"):
-        raise ValueError("tensor checksum mismatch")
     y = tensors.get("y")
     return [_assemble(tensors["z"][i], tensors["dist"][i], tensors["vec"][i], tensors["edge_mask"][i],
                       tensors["cell_counts"][i], payload["elements"][i], int(tensors["site"][i]),
@@ -337,9 +321,9 @@ def build_graphs(items: Sequence[Any], cache_path: str | Path | None = None, pro
                  n_neighbours: int = N_NEIGHBOURS) -> list[Data]:
     """Star graphs of ``items`` (objects with ``.structure``, ``.site``, ``.mu`` and ``.id``).
 
-    With ``cache_path`` the graphs are stored compactly (``torch.save``) under a key hashing the
-    items and the code version; a matching cache is loaded (``weights_only=True``), a stale one is
-    rebuilt, and an unreadable or corrupt one is logged and rebuilt, never used.
+    With ``cache_path`` the graphs are stored compactly (``torch.save``, with a SHA-256 sidecar) under a
+    key hashing the items and the code version; a matching cache is loaded (``weights_only=True``), a
+    stale one is rebuilt, and an unreadable or corrupt one is logged and rebuilt, never used.
     """
     from tqdm import tqdm
 
@@ -347,7 +331,7 @@ def build_graphs(items: Sequence[Any], cache_path: str | Path | None = None, pro
     key = cache_key(items, n_neighbours) if cache_path is not None else ""
     if cache_path is not None and Path(cache_path).exists():
         try:
-            payload = torch.load(cache_path, map_location="cpu", weights_only=True)
+            payload = torch.load(io.BytesIO(read_checksummed(cache_path)), map_location="cpu", weights_only=True)
             graphs = _unpack(payload, key, len(items))
             log.info("loaded %d graphs from cache %s", len(graphs), cache_path)
             return graphs
@@ -355,15 +339,13 @@ def build_graphs(items: Sequence[Any], cache_path: str | Path | None = None, pro
             log.warning("graph cache %s not used (%s); rebuilding it", cache_path, exc)
     graphs = []
     for i, item in enumerate(tqdm(items, desc="graphs", unit="graph", disable=not progress)):
-        try:
-            graphs.append(build_graph(item.structure, int(item.site), getattr(item, "mu", None), n_neighbours))
-        except (ValueError, IndexError) as exc:
-            raise type(exc)(f"item {getattr(item, 'id', i)}: {exc}") from exc
+        graphs.append(build_graph(item.structure, int(item.site), getattr(item, "mu", None),
+                                  name=f"item {getattr(item, 'id', i)}", n_neighbours=n_neighbours))
     if cache_path is not None and graphs and len({"y" in g for g in graphs}) > 1:
         log.warning("some items have a target and some do not; graph cache %s not written", cache_path)
     elif cache_path is not None and graphs:
         buffer = io.BytesIO()
         torch.save(_pack(graphs, key), buffer)
-        atomic_write_bytes(cache_path, buffer.getvalue())
+        write_checksummed(cache_path, buffer.getvalue())
         log.info("cached %d graphs in %s", len(graphs), cache_path)
     return graphs

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 from pymatgen.core import Structure
 
-from xanes_utils.elements import check_element, energy_grid
+from xanes_utils.elements import ELEMENTS, UnsupportedElementError, energy_grid
 from xanes_utils.structures import StructureError, check_structure, distinct_sites, supported_absorbers
 
 
@@ -37,8 +37,6 @@ def read_structure(source: Structure | str | Path) -> tuple[Structure, str]:
             structure = Structure.from_file(str(path))
     except Exception as exc:  # noqa: BLE001 - pymatgen's parsers raise many types for bad files
         raise StructureError(f"{path}: cannot read a crystal structure ({type(exc).__name__}: {exc})") from exc
-    if len(structure) == 0:
-        raise StructureError(f"{path}: the file holds no atoms")
     return structure, str(path)
 
 
@@ -46,11 +44,16 @@ def resolve_sites(structure: Structure, sites: Sequence[int] | None, name: str =
     """Requested sites checked, or every symmetry-distinct site of the supported absorbers."""
     check_structure(structure, name)
     if sites is None:
-        return sorted(i for el in supported_absorbers(structure) for i in distinct_sites(structure, el))
+        try:
+            return sorted(i for el in supported_absorbers(structure) for i in distinct_sites(structure, el))
+        except ValueError as exc:  # spglib finds no symmetry for some degenerate cells
+            raise StructureError(f"{name}: symmetry analysis failed ({exc}); pass the sites to predict") from exc
     for i in sites:
         if not 0 <= i < len(structure):
             raise IndexError(f"{name}: site {i} out of range (structure has {len(structure)} sites)")
-        check_element(structure[i].specie.symbol)
+        if structure[i].specie.symbol not in ELEMENTS:
+            raise UnsupportedElementError(f"{name}: site {i} is {structure[i].species_string}, not a supported "
+                                          f"absorber ({', '.join(ELEMENTS)})")
     return list(sites)
 
 
@@ -66,11 +69,14 @@ def predict(structure: Structure | str | Path, sites: Sequence[int] | None = Non
     structure, name = read_structure(structure)
     indices = resolve_sites(structure, sites, name)
     model = model if model is not None else load_model()
-    graphs = [build_graph(structure, i, n_neighbours=model.config.neighbours) for i in indices]
+    graphs = [build_graph(structure, i, name=name, n_neighbours=model.config.neighbours) for i in indices]
     mus = predict_graphs(model, graphs)
     out = []
     for i, mu in zip(indices, mus):
         element = structure[i].specie.symbol
+        if not np.all(np.isfinite(mu)):
+            raise ValueError(f"{name}: the model predicted NaN or infinite values for site {i} ({element}); "
+                             "its weights are probably corrupt")
         out.append(Prediction(element=element, site=i, energy=energy_grid(element), mu=np.asarray(mu, float)))
     return out
 

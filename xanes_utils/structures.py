@@ -20,6 +20,7 @@ result is deduplicated with :class:`pymatgen.analysis.structure_matcher.Structur
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import warnings
@@ -27,6 +28,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.util import find_spec
+
+import numpy as np
 
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Element, Species, Structure
@@ -40,10 +43,16 @@ log = logging.getLogger(__name__)
 RADIUS_TOLERANCE = 0.30
 #: Largest cell (sites) kept: FEFF only needs the local cluster, but symmetry analysis grows with size.
 MAX_SITES = 64
+#: Closest approach of two atoms accepted (Å): shorter than any bond (H2: 0.74 Å); closer atoms overlap.
+MIN_DISTANCE = 0.5
+#: Longest lattice vector accepted (Å): longer cells are not crystals, and neighbour searches explode.
+MAX_LENGTH = 1000.0
+#: Largest atomic number accepted: pymatgen tabulates ground-state configurations up to Rf (Z = 104).
+MAX_Z = 104
 
 
 class StructureError(ValueError):
-    """A structure that cannot be used: disordered, no supported absorber, unreadable."""
+    """A structure that cannot be used: unreadable, degenerate, overlapping atoms, no supported absorber."""
 
 
 @dataclass
@@ -200,10 +209,64 @@ def distinct_sites(structure: Structure, element: str, symprec: float = 0.01) ->
     return sorted(group[0] for group in sym.equivalent_indices if structure[group[0]].specie.symbol == element)
 
 
-def check_structure(structure: Structure, name: str = "structure") -> None:
-    """Raise :class:`StructureError` for a disordered structure or one without a supported absorber."""
+def validate_structure(structure: Structure, name: str = "structure") -> None:
+    """Raise :class:`StructureError` naming ``name`` and the problem for a structure no code here can use.
+
+    The one check of every entry point (prediction, graphs, dataset loaders, FEFF inputs), run before
+    symmetry analysis (spglib crashes the process on non-finite input): at least one site, ordered,
+    finite lattice and coordinates, real elements with tabulated configurations (Z <= ``MAX_Z``), lattice
+    vectors up to ``MAX_LENGTH``, and no two atoms (periodic images included) closer than ``MIN_DISTANCE``.
+    """
+    if len(structure) == 0:
+        raise StructureError(f"{name}: the structure holds no atoms")
     if not structure.is_ordered:
         raise StructureError(f"{name}: disordered structure (partial occupancies) is not supported")
+    matrix = structure.lattice.matrix
+    if not (np.all(np.isfinite(matrix)) and np.all(np.isfinite(structure.frac_coords))):
+        raise StructureError(f"{name}: the lattice or the atomic coordinates contain NaN or infinite values")
+    for i, site in enumerate(structure):
+        z = getattr(site.specie, "Z", None)
+        if not isinstance(site.specie, (Element, Species)) or not 1 <= z <= MAX_Z:
+            raise StructureError(f"{name}: site {i} is {site.species_string!r}, not an element with Z <= "
+                                 f"{MAX_Z} (the orbital features and FEFF need a real, tabulated element)")
+    longest = max(structure.lattice.abc)
+    if longest > MAX_LENGTH:
+        raise StructureError(f"{name}: a lattice vector of {longest:.4g} A is longer than {MAX_LENGTH:.0f} A: "
+                             "not a crystal cell")
+    # Packing bound: spheres of diameter MIN_DISTANCE fill at most pi / sqrt(18) of space, so a smaller
+    # volume per atom means two atoms are too close.
+    volume = abs(float(np.linalg.det(matrix)))
+    if volume / len(structure) < MIN_DISTANCE**3 / np.sqrt(2):
+        raise StructureError(f"{name}: cell volume {volume:.3g} A^3 for {len(structure)} atoms is too small: "
+                             f"atoms would be closer than {MIN_DISTANCE} A (lattice lengths "
+                             f"{', '.join(f'{x:.3g}' for x in structure.lattice.abc)} A)")
+    distance, i, j = _closest_pair(structure)
+    if distance < MIN_DISTANCE:
+        what = "its own periodic image" if i == j else f"site {j} ({structure[j].species_string})"
+        raise StructureError(f"{name}: site {i} ({structure[i].species_string}) is {distance:.3f} A from "
+                             f"{what}; atoms closer than {MIN_DISTANCE} A overlap")
+
+
+def _closest_pair(structure: Structure, chunk: int = 256) -> tuple[float, int, int]:
+    """(distance, i, j) of the two closest atoms, periodic images included (``i == j``: an atom and its
+    own image); minimum images over the LLL-reduced cell, in row chunks to bound memory."""
+    lattice = structure.lattice
+    shifts = np.array([v for v in itertools.product((-1, 0, 1), repeat=3) if any(v)])
+    best = (float(np.linalg.norm(shifts @ lattice.lll_matrix, axis=1).min()), 0, 0)
+    frac = structure.frac_coords
+    for start in range(0, len(frac), chunk):
+        d = lattice.get_all_distances(frac[start:start + chunk], frac)
+        rows = np.arange(d.shape[0])
+        d[rows, start + rows] = np.inf
+        k, j = np.unravel_index(int(np.argmin(d)), d.shape)
+        if d[k, j] < best[0]:
+            best = (float(d[k, j]), start + int(k), int(j))
+    return best
+
+
+def check_structure(structure: Structure, name: str = "structure") -> None:
+    """:func:`validate_structure`, and raise :class:`StructureError` if no supported absorber is present."""
+    validate_structure(structure, name)
     if not supported_absorbers(structure):
         present = ", ".join(sorted(el.symbol for el in structure.composition.elements))
         raise StructureError(f"{name}: no supported transition-metal absorber (elements: {present}); "

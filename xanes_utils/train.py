@@ -24,7 +24,7 @@ from torch_geometric.loader import DataLoader
 
 from xanes_utils.dataset import DATA_DIR
 from xanes_utils.elements import E_START, N_POINTS, STEP_EV
-from xanes_utils.io import atomic_write_bytes
+from xanes_utils.io import read_checksummed, write_checksummed
 from xanes_utils.model import ModelConfig, XanesGAT
 
 log = logging.getLogger(__name__)
@@ -204,30 +204,50 @@ def save_checkpoint(path: str | Path, model: XanesGAT, train_config: TrainConfig
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_checksummed(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path | None = None) -> dict:
-    """Load a checkpoint dict safely (``weights_only=True``: no code is unpickled)."""
+    """Load and check a checkpoint dict safely (``weights_only=True``: no code is unpickled).
+
+    The file is checked against its SHA-256 sidecar (a checkpoint without one loads with a warning), and
+    its ``model_config`` and weights must be present, valid and finite; any problem raises a
+    ``ValueError`` naming the file.
+    """
     path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.exists():
         raise FileNotFoundError(f"{path}: model checkpoint not found (train one with notebooks/02_training)")
+    data = read_checksummed(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise ValueError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+    for key in ("model_config", "state_dict"):
+        if not isinstance(payload.get(key), dict):
+            raise ValueError(f"{path}: the checkpoint has no {key!r} dict")
+    try:
+        ModelConfig.from_dict(payload["model_config"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: invalid model_config ({exc})") from exc
+    for name, tensor in payload["state_dict"].items():
+        if not isinstance(tensor, torch.Tensor) or not torch.isfinite(tensor).all():
+            raise ValueError(f"{path}: weight {name!r} is not a finite tensor (NaN, infinite or not a tensor)")
     return payload
 
 
-def model_from_checkpoint(payload: dict, device: str = "cpu") -> XanesGAT:
-    """The model (eval mode) of a checkpoint dict read by :func:`load_checkpoint`."""
+def model_from_checkpoint(payload: dict, device: str = "cpu", name: str = "checkpoint") -> XanesGAT:
+    """The model (eval mode) of a checkpoint dict read by :func:`load_checkpoint`; errors name ``name``."""
     model = XanesGAT(ModelConfig.from_dict(payload["model_config"]))
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"{name}: the weights do not match the checkpoint's model_config ({exc})") from exc
     return model.to(device).eval()
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu") -> XanesGAT:
     """The model of a checkpoint (``None``: the committed default trained on the embedded data)."""
-    return model_from_checkpoint(load_checkpoint(path), device)
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    return model_from_checkpoint(load_checkpoint(path), device, name=str(path))

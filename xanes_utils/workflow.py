@@ -18,7 +18,7 @@ from torch_geometric.data import Data
 
 from xanes_utils.dataset import Record, load_dataset
 from xanes_utils.graphs import N_NEIGHBOURS
-from xanes_utils.io import atomic_write_json, read_json
+from xanes_utils.io import CorruptFileError, read_checksummed_json, write_checksummed_json
 from xanes_utils.model import ModelConfig, XanesGAT
 from xanes_utils.profiles import Profile, cache_dir
 from xanes_utils.train import (
@@ -99,7 +99,7 @@ def train_or_load(prep: Prepared, profile: Profile, data: str | Path | None, nam
         payload = load_checkpoint(path)
         if (payload["extra"].get("fingerprint") == prep.fingerprint
                 and ModelConfig.from_dict(payload["model_config"]) == model_config):
-            return model_from_checkpoint(payload), History(**payload["history"])
+            return model_from_checkpoint(payload, name=str(path)), History(**payload["history"])
         log.info("%s was trained on other data, another split or another architecture: retraining", path)
     keep = set(elements) if elements is not None else None
     pick = [g for g in prep.subset("train") if keep is None or g.element in keep]
@@ -114,15 +114,20 @@ def train_or_load(prep: Prepared, profile: Profile, data: str | Path | None, nam
 
 
 def cached_json(path: Path, compute, key: str, retrain: bool = False):
-    """``compute()`` once and keep its JSON-serialisable result at ``path`` with ``key``; reuse it while
-    the key matches (e.g. :attr:`Prepared.fingerprint`), recompute when it does not or with ``retrain``."""
+    """``compute()`` once and keep its JSON-serialisable result at ``path`` with ``key`` (and a checksum
+    sidecar); reuse it while the key matches (e.g. :attr:`Prepared.fingerprint`), recompute when it does
+    not, when the file is corrupt or with ``retrain``."""
     if path.exists() and not retrain:
-        stored = read_json(path)
-        if stored.get("key") == key:
-            return stored["result"]
-        log.info("%s was computed from other data: recomputing", path)
+        try:
+            stored = read_checksummed_json(path)
+        except CorruptFileError as exc:
+            log.warning("%s; recomputing it", exc)
+        else:
+            if isinstance(stored, dict) and stored.get("key") == key and "result" in stored:
+                return stored["result"]
+            log.info("%s was computed from other data: recomputing", path)
     result = compute()
-    atomic_write_json(path, {"key": key, "result": result})
+    write_checksummed_json(path, {"key": key, "result": result})
     return result
 
 
