@@ -1,0 +1,260 @@
+"""Measured K-edge XANES of reference oxides, their published crystal structures, and the comparison.
+
+The measured spectra are XASLIB data shipped in the PyPI package ``maml-apps-rfxas`` (``experiment.csv``
+in the installed ``maml/apps/rfxas/`` folder; 200 points each, min-max normalised by its authors). Their
+crystal structures are built here from published crystallographic data (:data:`REFERENCE_STRUCTURES`:
+space group, lattice and Wyckoff positions, each with its source); compounds without a reliable ordered
+structure are listed in :data:`SKIPPED` with the reason.
+
+Comparison (:func:`compare`): every curve (experiment, FEFF10 at the dataset's settings, model) is put on
+the element's 111-point grid and min-max normalised on the window it shares with the shifted experiment.
+The experiment's energy scale is moved by one shift per element, fitted (best MSE of FEFF against
+experiment) on the element's other compounds only (leave-one-out); an element with a single compound
+takes the median of the other elements' shifts. The per-spectrum best shift is kept as a diagnostic.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+from pymatgen.core import Lattice, Structure
+from scipy.stats import spearmanr
+
+from xanes_utils.elements import ELEMENTS, energy_grid
+
+log = logging.getLogger(__name__)
+
+#: Shifts (eV) tried when aligning experiment with FEFF.
+SHIFTS = np.arange(-25.0, 25.01, 0.25)
+
+
+@dataclass(frozen=True)
+class Crystal:
+    """A published crystal structure: space group, lattice (Å, degrees), Wyckoff positions, source."""
+
+    spacegroup: str
+    lattice: tuple[float, float, float, float, float, float]
+    species: tuple[str, ...]
+    coords: tuple[tuple[float, float, float], ...]
+    source: str
+
+    def structure(self) -> Structure:
+        """The full cell, from the asymmetric unit by the space group's operations."""
+        return Structure.from_spacegroup(self.spacegroup, Lattice.from_parameters(*self.lattice),
+                                         list(self.species), [list(c) for c in self.coords])
+
+
+def _rocksalt(a: float, metal: str, source: str) -> Crystal:
+    return Crystal("Fm-3m", (a, a, a, 90, 90, 90), (metal, "O"), ((0, 0, 0), (0.5, 0.5, 0.5)), source)
+
+
+def _corundum(a: float, c: float, metal: str, z: float, x: float, source: str) -> Crystal:
+    return Crystal("R-3c", (a, a, c, 90, 90, 120), (metal, "O"), ((0, 0, z), (x, 0, 0.25)), source)
+
+
+def _layered(a: float, c: float, metal: str, z: float, source: str) -> Crystal:
+    """alpha-NaFeO2 type with Li on 3a (0, 0, 0), the metal on 3b (0, 0, 1/2) and O on 6c (0, 0, z)."""
+    return Crystal("R-3m", (a, a, c, 90, 90, 120), (metal, "Li", "O"), ((0, 0, 0.5), (0, 0, 0), (0, 0, z)),
+                   source)
+
+
+#: Published structures of the measured compounds, by reduced formula.
+REFERENCE_STRUCTURES: dict[str, Crystal] = {
+    "VO": _rocksalt(4.073, "V", "rock salt; a for VO(1.0), Banus, Reed & Strauss, Phys. Rev. B 5, 2775 (1972)"),
+    "MnO": _rocksalt(4.4448, "Mn", "rock salt; Sasaki, Fujino & Takeuchi, Proc. Jpn. Acad. 55, 43 (1979)"),
+    "FeO": _rocksalt(4.30, "Fe", "rock salt, stoichiometric ordered model of wüstite Fe(1-x)O (a ~ 4.30 A); "
+                     "McCammon & Liu, Phys. Chem. Miner. 10, 106 (1984)"),
+    "NiO": _rocksalt(4.1771, "Ni", "rock salt; Sasaki, Fujino & Takeuchi, Proc. Jpn. Acad. 55, 43 (1979)"),
+    "CdO": _rocksalt(4.6953, "Cd", "rock salt; Wyckoff, Crystal Structures vol. 1 (1963)"),
+    "ZnO": Crystal("P6_3mc", (3.2496, 3.2496, 5.2042, 90, 90, 120), ("Zn", "O"),
+                   ((1 / 3, 2 / 3, 0), (1 / 3, 2 / 3, 0.3819)),
+                   "wurtzite; Kisi & Elcombe, Acta Cryst. C 45, 1867 (1989)"),
+    "CuO": Crystal("C2/c", (4.6837, 3.4226, 5.1288, 90, 99.54, 90), ("Cu", "O"),
+                   ((0.25, 0.25, 0), (0, 0.4184, 0.25)),
+                   "tenorite; Åsbrink & Norrby, Acta Cryst. B 26, 8 (1970)"),
+    "Cr2O3": _corundum(4.9588, 13.5942, "Cr", 0.34751, 0.30592,
+                       "corundum; Finger & Hazen, J. Appl. Phys. 51, 5362 (1980)"),
+    "Fe2O3": _corundum(5.0356, 13.7489, "Fe", 0.35530, 0.3059,
+                       "hematite; Blake, Hessevick, Zoltai & Finger, Am. Mineral. 51, 123 (1966)"),
+    "V2O3": _corundum(4.9515, 14.003, "V", 0.34630, 0.31164, "corundum, room temperature; Dernier, "
+                      "J. Phys. Chem. Solids 31, 2569 (1970)"),
+    "MnO2": Crystal("P4_2/mnm", (4.3983, 4.3983, 2.8730, 90, 90, 90), ("Mn", "O"),
+                    ((0, 0, 0), (0.30515, 0.30515, 0)),
+                    "pyrolusite (rutile type); Bolzan, Fong, Kennedy & Howard, Aust. J. Chem. 46, 939 (1993)"),
+    "VO2": Crystal("P2_1/c", (5.7517, 4.5378, 5.3825, 90, 122.646, 90), ("V", "O", "O"),
+                   ((0.23947, 0.97894, 0.02646), (0.10616, 0.21185, 0.20859), (0.40051, 0.70258, 0.29884)),
+                   "monoclinic M1 (room temperature); Longo & Kierkegaard, Acta Chem. Scand. 24, 420 (1970)"),
+    "Mn2O3": Crystal("Ia-3", (9.4146, 9.4146, 9.4146, 90, 90, 90), ("Mn", "Mn", "O"),
+                     ((0.25, 0.25, 0.25), (0.9715, 0, 0.25), (0.3851, 0.1461, 0.3811)),
+                     "bixbyite, cubic model of alpha-Mn2O3 (room temperature is slightly orthorhombic); "
+                     "Geller, Acta Cryst. B 27, 821 (1971)"),
+    "LiCoO2": _layered(2.8156, 14.0542, "Co", 0.23951,
+                       "alpha-NaFeO2 type; Akimoto, Gotoh & Oosawa, J. Solid State Chem. 141, 298 (1998)"),
+    "LiNiO2": _layered(2.8779, 14.1934, "Ni", 0.2413, "alpha-NaFeO2 type, ideal Li/Ni order (real samples "
+                       "hold a few % Ni on Li sites); Hirano et al., Solid State Ionics 78, 123 (1995)"),
+}
+
+#: Measured compounds left out, with the reason.
+SKIPPED: dict[str, str] = {
+    "Ni2O3": "no reliable ordered crystal structure (its Materials Project entry mvc-894 is hypothetical)",
+    "K2Cr2O7": "triclinic, 52 atoms per cell: atomic positions not transcribed yet",
+    "K2CrO4": "atomic positions not transcribed yet",
+    "Na2CrO4": "atomic positions not transcribed yet",
+    "Mn3O4": "atomic positions not transcribed yet",
+    "V2O5": "atomic positions not transcribed yet",
+}
+
+
+@dataclass
+class Measured:
+    """One measured spectrum: energy (eV) and min-max normalised mu, as published."""
+
+    id: str
+    element: str
+    formula: str
+    mp_id: str
+    energy: np.ndarray
+    mu: np.ndarray
+
+
+def experiment_csv() -> Path:
+    """Path of ``experiment.csv`` in the installed ``maml-apps-rfxas`` package."""
+    spec = find_spec("maml.apps.rfxas")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("measured spectra need the package maml-apps-rfxas: pip install maml-apps-rfxas")
+    return Path(spec.origin).parent / "experiment.csv"
+
+
+def load_measured(path: str | Path | None = None) -> list[Measured]:
+    """Measured spectra of the 20 supported absorbers (others, e.g. Sr or Si, are left out)."""
+    import pandas as pd
+
+    path = Path(path) if path is not None else experiment_csv()
+    table = pd.read_csv(path)
+    out = []
+    for _, row in table.iterrows():
+        if row["absorbing_species"] not in ELEMENTS:
+            continue
+        energy = np.asarray(ast.literal_eval(row["x_axis_energy"]), float)
+        mu = np.asarray(ast.literal_eval(row["interp_spectrum"]), float)
+        if energy.shape != mu.shape or not np.all(np.diff(energy) > 0) or not np.all(np.isfinite(mu)):
+            raise ValueError(f"{path}: spectrum {row['xas_id']} is malformed")
+        out.append(Measured(str(row["xas_id"]), str(row["absorbing_species"]), str(row["formula"]),
+                            str(row["mp_id"]), energy, mu))
+    return out
+
+
+def absorber_element(formula: str) -> str:
+    """The supported absorbing element of a reference compound (its only one)."""
+    (element,) = [e.symbol for e in REFERENCE_STRUCTURES[formula].structure().composition.elements
+                  if e.symbol in ELEMENTS]
+    return element
+
+
+def reference_jobs() -> tuple[list, dict[str, dict]]:
+    """FEFF jobs (every distinct absorber site) and structure dicts of :data:`REFERENCE_STRUCTURES`,
+    for :func:`xanes_utils.feff.generate` (structure ids ``exp-<formula>``)."""
+    from xanes_utils.feff import Job
+
+    jobs, structures = [], {}
+    for formula, crystal in REFERENCE_STRUCTURES.items():
+        structure = crystal.structure()
+        structures[f"exp-{formula}"] = structure.as_dict()
+        element = absorber_element(formula)
+        jobs += [Job(f"exp-{formula}", i, element) for i, _ in absorber_sites(structure, element)]
+    return jobs, structures
+
+
+def absorber_sites(structure: Structure, element: str) -> list[tuple[int, int]]:
+    """(representative index, multiplicity) of every symmetry-distinct ``element`` site."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    sym = SpacegroupAnalyzer(structure, symprec=0.01).get_symmetrized_structure()
+    return [(group[0], len(group)) for group in sym.equivalent_indices
+            if structure[group[0]].specie.symbol == element]
+
+
+def site_average(spectra: list[np.ndarray], multiplicities: list[int]) -> np.ndarray:
+    """Multiplicity-weighted mean of site spectra (what a measurement of the compound sees)."""
+    w = np.asarray(multiplicities, float)
+    return (np.asarray(spectra) * w[:, None]).sum(0) / w.sum()
+
+
+def _on_grid(measured: Measured, shift: float) -> np.ndarray:
+    """The measured spectrum on its element's grid after ``shift`` eV (NaN outside its range)."""
+    return np.interp(energy_grid(measured.element), measured.energy + shift, measured.mu,
+                     left=np.nan, right=np.nan)
+
+
+def minmax(y: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """``y`` scaled so that its minimum and maximum on ``window`` (a boolean mask) are 0 and 1."""
+    lo, hi = np.min(y[window]), np.max(y[window])
+    return (y - lo) / (hi - lo) if hi > lo else y - lo
+
+
+def _aligned(measured: Measured, reference: np.ndarray, shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """(experiment, reference) min-max normalised on their common window after ``shift`` (NaN outside)."""
+    exp = _on_grid(measured, shift)
+    window = np.isfinite(exp)
+    if window.sum() < 20:
+        raise ValueError(f"{measured.id}: shift {shift:+.2f} eV leaves fewer than 20 common points")
+    out_exp, out_ref = np.full_like(exp, np.nan), np.full_like(exp, np.nan)
+    out_exp[window], out_ref[window] = minmax(exp, window)[window], minmax(reference, window)[window]
+    return out_exp, out_ref
+
+
+def best_shift(measured: Measured, reference: np.ndarray, shifts: np.ndarray = SHIFTS) -> float:
+    """Shift (eV) of the experiment that minimises its MSE to ``reference`` on the common window."""
+    costs = []
+    for shift in shifts:
+        try:
+            exp, ref = _aligned(measured, reference, shift)
+            costs.append(np.nanmean((exp - ref) ** 2))
+        except ValueError:
+            costs.append(np.inf)
+    return float(shifts[int(np.argmin(costs))])
+
+
+def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """MSE, Pearson r, Spearman rho and cosine similarity on the finite points of ``y_true``."""
+    ok = np.isfinite(y_true) & np.isfinite(y_pred)
+    t, p = y_true[ok], y_pred[ok]
+    return {"mse": float(np.mean((t - p) ** 2)), "pearson": float(np.corrcoef(t, p)[0, 1]),
+            "spearman": float(spearmanr(t, p).statistic),
+            "cosine": float(t @ p / (np.linalg.norm(t) * np.linalg.norm(p)))}
+
+
+def loo_shifts(measured: list[Measured], feff: dict[str, np.ndarray]) -> dict[str, float]:
+    """Leave-one-out shift per measured spectrum id (see the module docstring)."""
+    best = {m.id: best_shift(m, feff[m.id]) for m in measured}
+    out = {}
+    for m in measured:
+        same = [best[o.id] for o in measured if o.element == m.element and o.formula != m.formula]
+        other = [best[o.id] for o in measured if o.element != m.element]
+        out[m.id] = float(np.median(same if same else other))
+    return out
+
+
+def compare(measured: list[Measured], feff: dict[str, np.ndarray], model: dict[str, np.ndarray]) -> list[dict]:
+    """Per measured spectrum: the shifts, aligned curves and metrics of FEFF and model against experiment.
+
+    ``feff`` and ``model`` map a measured id to the multiplicity-weighted site average on the grid.
+    """
+    shifts = loo_shifts(measured, feff)
+    rows = []
+    for m in measured:
+        shift = shifts[m.id]
+        exp, feff_curve = _aligned(m, feff[m.id], shift)
+        _, model_curve = _aligned(m, model[m.id], shift)
+        f, p = metrics(exp, feff_curve), metrics(exp, model_curve)
+        rows.append({"id": m.id, "element": m.element, "formula": m.formula, "shift": shift,
+                     "best_shift_feff": best_shift(m, feff[m.id]), "best_shift_model": best_shift(m, model[m.id]),
+                     "energy": energy_grid(m.element), "experiment": exp, "feff": feff_curve, "model": model_curve,
+                     **{f"feff_{k}": v for k, v in f.items()}, **{f"model_{k}": v for k, v in p.items()},
+                     "mse_ratio": p["mse"] / f["mse"]})
+    return rows
