@@ -258,3 +258,63 @@ def compare(measured: list[Measured], feff: dict[str, np.ndarray], model: dict[s
                      **{f"feff_{k}": v for k, v in f.items()}, **{f"model_{k}": v for k, v in p.items()},
                      "mse_ratio": p["mse"] / f["mse"]})
     return rows
+
+
+#: Where the FEFF10 spectra of the reference structures are kept (computed by :func:`compute_feff`).
+FEFF_DIR = Path(__file__).resolve().parent.parent / "data" / "experiment_feff"
+
+
+def compute_feff(out_dir: str | Path = FEFF_DIR, workers: int = 1) -> dict[str, int]:
+    """FEFF10 (dataset settings) for every distinct absorber site of the reference structures; resumable."""
+    from xanes_utils.feff import generate
+
+    jobs, structures = reference_jobs()
+    return generate(jobs, structures, out_dir, workers)
+
+
+def site_averaged(formula: str, site_spectra: dict[int, np.ndarray]) -> np.ndarray:
+    """Multiplicity-weighted average of a reference compound's site spectra (every distinct site needed)."""
+    structure = REFERENCE_STRUCTURES[formula].structure()
+    sites = absorber_sites(structure, absorber_element(formula))
+    missing = [i for i, _ in sites if i not in site_spectra]
+    if missing:
+        raise KeyError(f"{formula}: no spectrum for sites {missing}")
+    return site_average([site_spectra[i] for i, _ in sites], [m for _, m in sites])
+
+
+def feff_averages(out_dir: str | Path = FEFF_DIR) -> dict[str, np.ndarray]:
+    """Site-averaged FEFF10 spectrum of every reference compound whose sites are all computed."""
+    from xanes_utils.dataset import finished_record_paths
+    from xanes_utils.io import read_json
+
+    per_formula: dict[str, dict[int, np.ndarray]] = {}
+    for path in finished_record_paths(out_dir):
+        rec = read_json(path)
+        formula = rec["structure_id"].removeprefix("exp-")
+        per_formula.setdefault(formula, {})[rec["absorbing_index"]] = np.asarray(rec["y"])
+    out = {}
+    for formula, spectra in per_formula.items():
+        try:
+            out[formula] = site_averaged(formula, spectra)
+        except KeyError as exc:
+            log.warning("%s", exc)
+    return out
+
+
+def model_averages(model) -> dict[str, np.ndarray]:
+    """Site-averaged prediction of ``model`` for every reference compound."""
+    from xanes_utils.graphs import build_graph
+    from xanes_utils.train import predict_graphs
+
+    out = {}
+    for formula, crystal in REFERENCE_STRUCTURES.items():
+        structure = crystal.structure()
+        sites = absorber_sites(structure, absorber_element(formula))
+        graphs = [build_graph(structure, i, name=formula, n_neighbours=model.config.neighbours) for i, _ in sites]
+        out[formula] = site_average(list(predict_graphs(model, graphs)), [m for _, m in sites])
+    return out
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("FEFF of the reference structures: %s", compute_feff())
