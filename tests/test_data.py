@@ -414,6 +414,18 @@ def test_feff_dirs_recover_sites_and_skip_unfinished(feff_tree, caplog):
         load_feff_dirs(feff_tree, strict=True)
 
 
+def test_feff_root_grouped_by_element_is_read_one_level_down(feff_tree, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="xanes_utils")
+    root = tmp_path / "FEFF"  # OmniXAS / Lightshow: FEFF/<element>/<material>/...
+    shutil.copytree(feff_tree / "mp-fe2", root / "Fe" / "mp-fe2")
+    shutil.copytree(feff_tree / "mp-nio", root / "Ni" / "mp-nio")
+    direct = sorted(r.id for r in load_feff_dirs(feff_tree))
+    assert sorted(r.id for r in load_any(root)) == direct and len(direct) == 4
+    deeper = tmp_path / "deeper"
+    shutil.copytree(root, deeper / "group" / "FEFF")  # two grouping levels: not guessed, but explained
+    assert load_any(deeper) == [] and logged(caplog, "point the loader at the folder whose subfolders")
+
+
 def test_feff_corrupt_xmu_and_single_material_root(feff_tree, tmp_path, caplog):
     root = tmp_path / "mp-nio"
     shutil.copytree(feff_tree / "mp-nio", root)

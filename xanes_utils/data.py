@@ -581,20 +581,32 @@ def _material_structure(material_dir: Path) -> Structure:
         raise DataError(f"unreadable structure {files[0].name} ({type(exc).__name__}: {exc})") from exc
 
 
-def _material_dirs(root: Path) -> Iterator[Path]:
-    if (root / "POSCAR").exists() or any(root.glob("*.cif")):
+def _has_structure(directory: Path) -> bool:
+    return (directory / "POSCAR").exists() or any(directory.glob("*.cif"))
+
+
+def _material_dirs(root: Path, depth: int = 1) -> Iterator[Path]:
+    """Material folders (holding POSCAR or a CIF) at ``root``, below it, or, ``depth`` levels further
+    down, below folders that only group materials (OmniXAS/Lightshow ``FEFF/<element>/<material>``)."""
+    if _has_structure(root):
         yield root
         return
     for child in sorted(p for p in root.iterdir() if p.is_dir()):
-        if (child / "POSCAR").exists() or any(child.glob("*.cif")):
+        if _has_structure(child):
             yield child
-        elif any(child.rglob("feff.inp")):
-            log.warning("skipped %s: FEFF runs but no POSCAR or *.cif structure", child)
+        elif not any(child.rglob("feff.inp")):
+            continue
+        elif depth > 0:
+            yield from _material_dirs(child, depth - 1)
+        else:
+            log.warning("skipped %s: FEFF runs but no POSCAR or *.cif structure; point the loader at the "
+                        "folder whose subfolders are materials (each with a POSCAR or CIF)", child)
 
 
 def load_feff_dirs(root: str | Path, strict: bool = False) -> list[Record]:
     """K-edge XANES of FEFF runs laid out as ``<root>/<material>/POSCAR`` (or ``*.cif``) plus
-    ``<root>/<material>/**/<site dir>/feff.inp`` and ``xmu.dat`` (Lightshow / OmniXAS).
+    ``<root>/<material>/**/<site dir>/feff.inp`` and ``xmu.dat`` (Lightshow / OmniXAS); ``root`` may also
+    be one level above, grouping materials in folders (OmniXAS's ``FEFF/<element>/<material>``).
 
     The absorbing site is recovered by :func:`absorbing_site`; ``mu`` is xmu.dat's ``mu`` column against
     ``omega``. Runs with a missing or corrupt xmu.dat, or any other problem, are skipped with a logged
