@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((nb.name, time.time() - start, written))
         if args.update_notebooks:
             write_back(out, nb)
-    print(f"\nfigures in {figures.relative_to(ROOT)}/\n\n| notebook | wall time (s) | figures written |\n|---|---:|---|")
+    print(f"\nfigures in {figures.relative_to(ROOT)}/\n")
+    print("| notebook | wall time (s) | figures written |\n|---|---:|---|")
     for name, seconds, written in rows:
         print(f"| {name} | {seconds:.0f} | {', '.join(written) or '-'} |")
     print(f"\ntotal: {sum(r[1] for r in rows):.0f} s, {sum(len(r[2]) for r in rows)} figures (PNG + PDF each)")

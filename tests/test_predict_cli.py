@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import logging
 import pkgutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +17,9 @@ import xanes_utils
 from xanes_utils.__main__ import main
 from xanes_utils.elements import energy_grid
 from xanes_utils.model import ModelConfig, XanesGAT
-from xanes_utils.prediction import average_by_element, output_stem, predict
+from xanes_utils.profiles import ROOT
+from xanes_utils.io import output_stem
+from xanes_utils.prediction import average_by_element, predict
 from xanes_utils.train import save_checkpoint
 
 TINY = ModelConfig(conv_dims=(8, 8, 8), heads=3, head_dim=4, mlp_dims=(8, 8))
@@ -146,3 +150,14 @@ def test_cli_errors_name_the_file_and_the_problem(tmp_path, ckpt, caplog, capsys
     assert "NaCl.cif" in error([str(salt)]) and "no supported transition-metal absorber" in caplog.text
     # one bad file among good ones: the good ones are still written, the exit code reports the failure
     assert "NaCl.cif" in error([str(salt), str(fes)]) and list(out.glob("FeS_*_K.csv"))
+
+
+def test_cli_answers_help_and_missing_files_without_importing_torch(tmp_path):
+    code = ("import sys; from xanes_utils.__main__ import main; rc = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules and 'pymatgen' not in sys.modules; sys.exit(rc)")
+    run = subprocess.run([sys.executable, "-c", code, "predict", str(tmp_path / "missing.cif")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "missing.cif: no such file" in run.stderr
+    run = subprocess.run([sys.executable, "-c", code, "predict", "--help"], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert run.returncode == 0 and "FEFF's absolute energy scale" in run.stdout and "0-based" in run.stdout

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 import time
 
 import pytest
@@ -50,3 +52,11 @@ def test_only_the_default_run_writes_the_committed_gallery(tmp_path):
     for other in (figures_dir("quick"), figures_dir("paper"), figures_dir("default", tmp_path / "mine.json")):
         assert other.parent == FIGURES_DIR and other != FIGURES_DIR
     assert figures_dir("default", tmp_path / "mine.json").name.startswith("default-mine-")
+
+
+def test_every_notebook_figure_goes_to_its_runs_directory():
+    for nb in NOTEBOOKS:
+        source = "".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+        calls = re.findall(r"save_figure\(([^)]*)\)", source)
+        assert calls and all(c.rstrip().endswith(", FIGURES") for c in calls), nb.name
+        assert "FIGURES = plotting.figures_dir(profile, data)" in source, nb.name

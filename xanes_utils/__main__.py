@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _unique_stems(files: list[str]) -> list[str]:
     """Output name per input file; a name already taken gets ``-2``, ``-3``, ... appended."""
-    from xanes_utils.prediction import output_stem
+    from xanes_utils.io import output_stem
 
     stems: list[str] = []
     for file in files:
@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         log.error("%s: --out names an existing file; it must be a directory (new or existing)", out)
         return 2
+    missing = [f for f in args.files if not Path(f).is_file()]
+    for file in missing:
+        log.error("%s: no such file", file)
+    todo = [(f, stem) for f, stem in zip(args.files, _unique_stems(args.files)) if f not in missing]
+    if not todo:
+        return 2  # checked before importing torch and pymatgen, which take seconds
     from xanes_utils.prediction import predict, write_predictions
     from xanes_utils.train import load_model
 
@@ -73,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         log.error("--model: %s", exc)
         return 2
-    failed = 0
-    for file, stem in zip(args.files, _unique_stems(args.files)):
+    failed = len(missing)
+    for file, stem in todo:
         try:
             preds = predict(file, sites=args.sites, model=model)
         except (ValueError, OSError, IndexError) as exc:

@@ -11,7 +11,6 @@ The energy axis is FEFF's absolute scale, not aligned to any experiment: see
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,10 @@ import numpy as np
 from pymatgen.core import Structure
 
 from xanes_utils.elements import ELEMENTS, UnsupportedElementError, check_element, energy_grid
+from xanes_utils.io import safe_name
 from xanes_utils.structures import StructureError, check_structure
 
 log = logging.getLogger(__name__)
-
-#: Compression and structure-file suffixes dropped from a file name to make output names.
-_DROPPED_SUFFIXES = (".gz", ".bz2", ".xz", ".cif", ".mcif", ".vasp", ".poscar", ".json")
-
 
 @dataclass
 class Prediction:
@@ -141,20 +137,6 @@ def average_by_element(predictions: Sequence[Prediction]) -> dict[str, tuple[np.
     return out
 
 
-def output_stem(path: str | Path) -> str:
-    """File name without compression and structure-format suffixes (``nio.cif.gz`` -> ``nio``,
-    ``Fe2O2.v1.cif`` -> ``Fe2O2.v1``), made safe for file names."""
-    name = Path(path).name
-    for suffix in _DROPPED_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            name = name[: -len(suffix)]
-    return _safe(name)
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]", "-", text)
-
-
 def write_predictions(predictions: Sequence[Prediction], out_dir: str | Path, stem: str) -> list[Path]:
     """Write, for one structure, a CSV (energy_eV, mu) and PNG per predicted site, a multiplicity-weighted
     average per element, and ``<stem>_sites.csv`` listing each site's 0-based index, label,
@@ -169,9 +151,9 @@ def write_predictions(predictions: Sequence[Prediction], out_dir: str | Path, st
     written = []
     rows = ["site_index_0based,label,element,multiplicity,equivalent_indices_0based,spectrum_csv"]
     for p in predictions:
-        written += _write_spectrum(out_dir / f"{stem}_{_safe(p.label)}_site{p.site}_{p.element}_K", p.energy,
-                                   p.mu, f"{stem}: {p.element} K-edge, {p.label} (site {p.site}, 0-based; "
-                                   f"multiplicity {p.multiplicity}), predicted")
+        base = out_dir / f"{stem}_{safe_name(p.label)}_site{p.site}_{p.element}_K"
+        title = f"{stem}: {p.element} K-edge, {p.label} (site {p.site}, 0-based; multiplicity {p.multiplicity})"
+        written += _write_spectrum(base, p.energy, p.mu, title + ", predicted")
         rows.append(f"{p.site},{p.label},{p.element},{p.multiplicity},{' '.join(map(str, p.equivalent))},"
                     f"{written[-2].name}")
     for element, (mu, n_sites) in average_by_element(predictions).items():
