@@ -31,11 +31,14 @@ KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
 def write_back(executed: Path, notebook: Path) -> None:
     """Copy an executed notebook over the committed one without papermill's injected-parameters cell,
-    so the committed notebook (run by nbval in CI) keeps its own defaults (e.g. ``retrain = False``)."""
+    so the committed notebook (run by nbval in CI) keeps its own defaults (e.g. ``retrain = False``), and
+    without the absolute paths papermill records."""
     import nbformat
 
     nb = nbformat.read(executed, as_version=4)
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    for key in ("input_path", "output_path"):  # this machine's absolute paths
+        nb.metadata.get("papermill", {}).pop(key, None)
     nbformat.write(nb, notebook)
 
 
