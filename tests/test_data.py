@@ -21,7 +21,7 @@ from monty.json import MontyEncoder
 from pymatgen.analysis.xas.spectrum import XAS
 from pymatgen.core import Lattice, Structure
 
-from xanes_utils import data
+from xanes_utils.loaders import materials_project
 from xanes_utils.data import (
     AUTHORS_HEADER, DataError, UnsafeFileError, fetch_materials_project, load_any, load_authors_format,
     load_feff_dirs, load_mp_documents, mp_cache_path, parse_mp_document,
@@ -370,7 +370,7 @@ def test_fetch_builds_client_through_factory(tmp_path, monkeypatch):
         def __exit__(self, *exc: Any) -> None:
             opened.append("closed")
 
-    monkeypatch.setattr(data, "_mp_client", Rester)
+    monkeypatch.setattr(materials_project, "_mp_client", Rester)
     [rec] = fetch_materials_project(["Cu"], api_key="KEY", cache_dir=tmp_path)
     assert rec.id == "mp-cu-0-Cu-XANES-K" and opened == ["KEY", "closed"]
     fetch_materials_project(["Cu"], api_key="KEY", cache_dir=tmp_path)
