@@ -10,7 +10,6 @@ The energy axis is FEFF's absolute scale, not aligned to any experiment: see
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ from xanes_utils.elements import ELEMENTS, UnsupportedElementError, check_elemen
 from xanes_utils.io import safe_name
 from xanes_utils.structures import StructureError, check_structure
 
-log = logging.getLogger(__name__)
 
 @dataclass
 class Prediction:
