@@ -124,3 +124,9 @@ def test_cli_pins_the_study_sites_across_plan_changes(tmp_path, monkeypatch):
     convergence._main(argv)
     assert {j.structure_id for j in picked[0]} == {"a"} and picked[1] == picked[0]
     assert [j.element for j in picked[0]] == list(reversed(convergence.STUDY_ELEMENTS))  # cheapest first
+
+
+def test_candidates_have_distinct_readable_labels():
+    labels = {name: convergence.describe(name) for name in [*convergence.CANDIDATES, "reference"]}
+    assert labels["scf0_fms5"] == "no SCF, FMS 5 Å" and labels["scf3_fms5_coarse"].endswith("3× coarser grid")
+    assert labels["reference"] == "MP (SCF 4.5 Å, FMS 7.5 Å)" and len(set(labels.values())) == len(labels)

@@ -21,7 +21,7 @@ from monty.json import MontyEncoder
 from pymatgen.analysis.xas.spectrum import XAS
 from pymatgen.core import Lattice, Structure
 
-from xanes_utils import data
+from xanes_utils.loaders import materials_project
 from xanes_utils.data import (
     AUTHORS_HEADER, DataError, UnsafeFileError, fetch_materials_project, load_any, load_authors_format,
     load_feff_dirs, load_mp_documents, mp_cache_path, parse_mp_document,
@@ -370,7 +370,7 @@ def test_fetch_builds_client_through_factory(tmp_path, monkeypatch):
         def __exit__(self, *exc: Any) -> None:
             opened.append("closed")
 
-    monkeypatch.setattr(data, "_mp_client", Rester)
+    monkeypatch.setattr(materials_project, "_mp_client", Rester)
     [rec] = fetch_materials_project(["Cu"], api_key="KEY", cache_dir=tmp_path)
     assert rec.id == "mp-cu-0-Cu-XANES-K" and opened == ["KEY", "closed"]
     fetch_materials_project(["Cu"], api_key="KEY", cache_dir=tmp_path)
@@ -412,6 +412,18 @@ def test_feff_dirs_recover_sites_and_skip_unfinished(feff_tree, caplog):
     assert logged(caplog, "001_Fe") and logged(caplog, "no xmu.dat")
     with pytest.raises(DataError, match="no xmu.dat"):
         load_feff_dirs(feff_tree, strict=True)
+
+
+def test_feff_root_grouped_by_element_is_read_one_level_down(feff_tree, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="xanes_utils")
+    root = tmp_path / "FEFF"  # OmniXAS / Lightshow: FEFF/<element>/<material>/...
+    shutil.copytree(feff_tree / "mp-fe2", root / "Fe" / "mp-fe2")
+    shutil.copytree(feff_tree / "mp-nio", root / "Ni" / "mp-nio")
+    direct = sorted(r.id for r in load_feff_dirs(feff_tree))
+    assert sorted(r.id for r in load_any(root)) == direct and len(direct) == 4
+    deeper = tmp_path / "deeper"
+    shutil.copytree(root, deeper / "group" / "FEFF")  # two grouping levels: not guessed, but explained
+    assert load_any(deeper) == [] and logged(caplog, "point the loader at the folder whose subfolders")
 
 
 def test_feff_corrupt_xmu_and_single_material_root(feff_tree, tmp_path, caplog):

@@ -21,7 +21,7 @@ from xanes_utils.feff import write_inputs
 from xanes_utils.graphs import build_graph
 from xanes_utils.io import CorruptFileError, atomic_write_json, checksum_path, write_checksummed
 from xanes_utils.model import ModelConfig, XanesGAT
-from xanes_utils.predict import predict
+from xanes_utils.prediction import predict
 from xanes_utils.structures import MIN_DISTANCE, StructureError
 from xanes_utils.train import DEFAULT_MODEL, load_checkpoint, load_model, save_checkpoint
 from xanes_utils.workflow import cached_json
@@ -139,7 +139,7 @@ def test_nan_cell_length_in_a_cif(tmp_path):
 def test_requested_site_that_is_not_an_absorber(tmp_path):
     path = tmp_path / "NiO.cif"
     rocksalt().to(filename=str(path))
-    with pytest.raises(UnsupportedElementError, match=r"NiO.cif: site 4 is O, not a supported absorber"):
+    with pytest.raises(UnsupportedElementError, match=r"NiO.cif: site 4 \(O\d*\): unsupported absorbing element 'O'"):
         predict(path, sites=[4], model=MODEL)
 
 

@@ -10,7 +10,7 @@ from pymatgen.core import Lattice, Structure
 from xanes_utils.elements import UnsupportedElementError
 from xanes_utils.graphs import build_graph
 from xanes_utils.model import ModelConfig, XanesGAT
-from xanes_utils.predict import predict
+from xanes_utils.prediction import predict
 from xanes_utils.structures import StructureError
 
 SPECIES = ["Fe", "Ni", "Cu", "Mo", "Ag", "O", "S", "Cl", "Na", "Hf", "Au"]

@@ -10,7 +10,7 @@ from pymatgen.core import Lattice, Structure
 from xanes_utils.elements import UnsupportedElementError, energy_grid
 from xanes_utils.graphs import build_graph
 from xanes_utils.model import ModelConfig, XanesGAT
-from xanes_utils.predict import predict
+from xanes_utils.prediction import predict
 from xanes_utils.structures import StructureError
 from xanes_utils.train import (
     TrainConfig, load_checkpoint, load_model, predict_graphs, save_checkpoint, split_indices, steps_per_epoch,
@@ -132,22 +132,3 @@ def test_prediction_errors(tmp_path):
         predict(hf, sites=[0], model=model)
     with pytest.raises(FileNotFoundError):
         predict(tmp_path / "nope.cif", model=model)
-
-
-def test_cli_writes_csv_and_plot_per_site(tmp_path):
-    from xanes_utils.__main__ import main
-
-    cif = tmp_path / "NiO.cif"
-    rocksalt("Ni", 4.17).to(filename=str(cif))
-    ckpt = tmp_path / "tiny.pt"
-    save_checkpoint(ckpt, XanesGAT(TINY))
-    out = tmp_path / "out"
-    assert main(["predict", str(cif), "--out", str(out), "--model", str(ckpt)]) == 0
-    table = np.loadtxt(out / "NiO_site0_Ni_K.csv", delimiter=",", skiprows=1)
-    assert table.shape == (111, 2) and np.allclose(table[:, 0], energy_grid("Ni"))
-    assert (out / "NiO_site0_Ni_K.png").stat().st_size > 1000
-    salt = tmp_path / "NaCl.cif"
-    s = rocksalt("Na", 5.64)
-    s.replace_species({"O": "Cl"})
-    s.to(filename=str(salt))
-    assert main(["predict", str(salt), "--out", str(out), "--model", str(ckpt)]) == 2

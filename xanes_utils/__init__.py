@@ -20,7 +20,7 @@ def __getattr__(name: str):
 
         return load_model
     if name == "predict":
-        from xanes_utils.predict import predict
+        from xanes_utils.prediction import predict
 
         return predict
     raise AttributeError(f"module 'xanes_utils' has no attribute {name!r}")

@@ -1,4 +1,7 @@
-"""Command line: ``python -m xanes_utils predict FILE [--out DIR] [--model PATH] [--sites I ...]``."""
+"""Command line: ``python -m xanes_utils predict FILE [FILE ...] [--out DIR] [--model PATH] [--sites I ...]``.
+
+Only the standard library is imported until a command runs, so ``--help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +10,89 @@ import logging
 import sys
 from pathlib import Path
 
+log = logging.getLogger("xanes_utils")
 
-def main(argv: list[str] | None = None) -> int:
+ENERGY_AXIS = """\
+energy axis: FEFF's absolute energy scale on a fixed grid per element (111 points, 0.5 eV apart,
+55 eV from the element's first grid energy, the paper's grid). It is not aligned to any experiment:
+shift the prediction (e.g. match the edge positions) before comparing it with a measured spectrum.
+The training spectra are 0 below FEFF's first energy point where that lies above the grid's start,
+so predictions can show a vertical step at the left (mostly of 4d spectra): ignore that region.
+
+output per FILE: <name>_<label>_site<i>_<El>_K.csv/.png per symmetry-distinct site (i is 0-based, in
+the order pymatgen reads the file, <label> the CIF's site label), <name>_<El>_K_average.csv/.png (the
+multiplicity-weighted average over the sites, what one compares with a measured spectrum), and
+<name>_sites.csv listing each site's label, multiplicity and equivalent indices."""
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m xanes_utils")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    pr = sub.add_parser("predict", help="predict K-edge XANES of every distinct transition-metal site")
-    pr.add_argument("file", help="CIF or POSCAR file")
-    pr.add_argument("--out", default="predictions", help="output directory (CSV + PNG per site)")
+    pr = sub.add_parser("predict", help="predict K-edge XANES of every distinct transition-metal site",
+                        description="Predict the K-edge XANES of the symmetry-distinct sites of the 20 "
+                                    "supported transition metals in each structure file.",
+                        epilog=ENERGY_AXIS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr.add_argument("files", nargs="+", metavar="FILE", help="CIF or POSCAR file(s), optionally gzipped")
+    pr.add_argument("--out", default="predictions", help="output directory (created if missing)")
     pr.add_argument("--model", default=None, help="checkpoint (default: the committed model)")
-    pr.add_argument("--sites", type=int, nargs="*", default=None, help="site indices (default: all distinct)")
+    pr.add_argument("--sites", type=int, nargs="+", default=None, metavar="I",
+                    help="0-based site indices in pymatgen's order (default: every distinct site)")
+    return parser
+
+
+def _unique_stems(files: list[str]) -> list[str]:
+    """Output name per input file; a name already taken gets ``-2``, ``-3``, ... appended."""
+    from xanes_utils.io import output_stem
+
+    stems: list[str] = []
+    for file in files:
+        stem, n = output_stem(file), 1
+        while (stem if n == 1 else f"{stem}-{n}") in stems:
+            n += 1
+        stems.append(stem if n == 1 else f"{stem}-{n}")
+    return stems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    from xanes_utils.predict import predict, write_predictions
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        log.error("%s: --out names an existing file; it must be a directory (new or existing)", out)
+        return 2
+    missing = [f for f in args.files if not Path(f).is_file()]
+    for file in missing:
+        log.error("%s: no such file", file)
+    todo = [(f, stem) for f, stem in zip(args.files, _unique_stems(args.files)) if f not in missing]
+    if not todo:
+        return 2  # checked before importing torch and pymatgen, which take seconds
+    from xanes_utils.prediction import predict, write_predictions
     from xanes_utils.train import load_model
 
     try:
-        preds = predict(args.file, sites=args.sites, model=load_model(args.model))
-    except (ValueError, OSError, IndexError) as exc:
-        logging.error("%s", exc)
+        model = load_model(args.model)
+    except (ValueError, OSError) as exc:
+        log.error("--model: %s", exc)
         return 2
-    for path in write_predictions(preds, args.out, Path(args.file).stem):
-        logging.info("wrote %s", path)
-    return 0
+    failed = len(missing)
+    for file, stem in todo:
+        try:
+            preds = predict(file, sites=args.sites, model=model)
+        except (ValueError, OSError, IndexError) as exc:
+            log.error("%s", exc)
+            failed += 1
+            continue
+        for p in preds:
+            log.info("%s: %s site %d (0-based), label %s, multiplicity %d, equivalent sites %s", file,
+                     p.element, p.site, p.label, p.multiplicity, " ".join(map(str, p.equivalent)))
+        for path in write_predictions(preds, out, stem):
+            log.info("wrote %s", path)
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

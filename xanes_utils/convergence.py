@@ -38,6 +38,15 @@ CANDIDATES: dict[str, FeffSettings] = {
     "scf4.5_fms5": dataclasses.replace(DEFAULT_SETTINGS, scf_radius=4.5),
 }
 
+def describe(name: str) -> str:
+    """Readable label of a candidate (``scf0_fms5`` -> ``no SCF, FMS 5 Å``) or of ``reference``."""
+    if name == "reference":
+        return f"MP (SCF {REFERENCE.scf_radius:g} Å, FMS {REFERENCE.fms_radius:g} Å)"
+    settings = CANDIDATES[name]
+    scf = f"SCF {settings.scf_radius:g} Å" if settings.scf_radius > 0 else "no SCF"
+    return f"{scf}, FMS {settings.fms_radius:g} Å" + (", 3× coarser grid" if name.endswith("_coarse") else "")
+
+
 #: Absorbers of the study: six of each row.
 STUDY_ELEMENTS = ("Ti", "Cr", "Fe", "Ni", "Cu", "Zn", "Y", "Nb", "Mo", "Ru", "Ag", "Cd")
 

@@ -1,4 +1,5 @@
-"""Atomic, checksummed file helpers: a crash never leaves a half-written file behind."""
+"""File helpers: atomic, checksummed writes (a crash never leaves a half-written file behind) and safe
+output file names."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+#: Compression and structure-file suffixes dropped from a file name to make output names.
+_DROPPED_SUFFIXES = (".gz", ".bz2", ".xz", ".cif", ".mcif", ".vasp", ".poscar", ".json")
 
 
 class CorruptFileError(ValueError):
@@ -115,3 +120,18 @@ def sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every character other than letters, digits and ``._+-`` replaced by ``-``."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", text)
+
+
+def output_stem(path: str | Path) -> str:
+    """File name without compression and structure-format suffixes (``nio.cif.gz`` -> ``nio``,
+    ``Fe2O2.v1.cif`` -> ``Fe2O2.v1``), made safe for file names."""
+    name = Path(path).name
+    for suffix in _DROPPED_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+    return safe_name(name)

@@ -12,9 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from xanes_utils.elements import ELEMENTS  # noqa: E402
-from xanes_utils.profiles import ROOT  # noqa: E402
+from xanes_utils.profiles import FIGURES_DIR, figures_dir  # noqa: E402, F401 - figures_dir: for notebooks
 
-FIGURES_DIR = ROOT / "figures"
 #: Okabe-Ito colours (colour-blind safe), used for categorical series.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 
@@ -27,7 +26,8 @@ def style() -> None:
 
 
 def save_figure(fig: plt.Figure, name: str, directory: str | Path = FIGURES_DIR) -> list[Path]:
-    """Save ``fig`` as ``<name>.png`` and ``<name>.pdf`` (name starts with the notebook number)."""
+    """Save ``fig`` as ``<name>.png`` and ``<name>.pdf`` (name starts with the notebook number) in
+    ``directory``: the notebooks pass :func:`xanes_utils.profiles.figures_dir` of their run."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{name}.png", directory / f"{name}.pdf"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "results"
+FIGURES_DIR = ROOT / "figures"
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,22 @@ def get_profile(name: str) -> Profile:
     return PROFILES[name]
 
 
+def run_name(profile: str, data: str | Path | None = None) -> str:
+    """Name of a profile's run on a dataset: the profile, plus the data's name and a hash of its path."""
+    if data is None:
+        return profile
+    tag = hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:10]
+    return f"{profile}-{Path(data).name.split('.')[0]}-{tag}"
+
+
 def cache_dir(profile: str, data: str | Path | None = None) -> Path:
     """Directory of cached results for a profile and dataset (the embedded data when ``data`` is None)."""
-    if data is None:
-        return RESULTS_DIR / profile
-    tag = hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:10]
-    return RESULTS_DIR / f"{profile}-{Path(data).name.split('.')[0]}-{tag}"
+    return RESULTS_DIR / run_name(profile, data)
+
+
+def figures_dir(profile: str, data: str | Path | None = None) -> Path:
+    """Where a run's figures go: ``figures/`` (the committed gallery) only for the default profile on the
+    embedded data, ``figures/<run name>/`` (not committed) for every other profile or dataset."""
+    if profile == "default" and data is None:
+        return FIGURES_DIR
+    return FIGURES_DIR / run_name(profile, data)

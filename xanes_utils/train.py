@@ -12,6 +12,7 @@ import logging
 import platform
 import random
 import time
+import zipfile
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -217,6 +218,9 @@ def load_checkpoint(path: str | Path | None = None) -> dict:
     path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.exists():
         raise FileNotFoundError(f"{path}: model checkpoint not found (train one with notebooks/02_training)")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a model checkpoint (not a file written by torch.save; expected a .pt "
+                         f"file saved by xanes_utils.train.save_checkpoint)")
     data = read_checksummed(path)
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
