@@ -2,6 +2,7 @@
 
     python benchmarks/feff_timing.py [--runs data/feff_runs]
     python benchmarks/feff_timing.py --study data/convergence     # seconds per settings of the study
+    python benchmarks/feff_timing.py --match=-relaxed-            # only the relaxed compounds' spectra
 
 Each record stores the wall time of its FEFF run(s) on one core (a retry included); this prints a
 markdown table for BENCHMARKS.md.
@@ -26,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", default="data/feff_runs")
     parser.add_argument("--study", default=None, help="a convergence-study directory instead of --runs")
+    parser.add_argument("--match", default="", help="only records whose file name contains this text")
     args = parser.parse_args()
     if args.study:
         study_table(Path(args.study))
@@ -34,7 +36,7 @@ def main() -> None:
     seconds: dict[str, list[float]] = {}
     retried = 0
     for path in runs.glob("*/*.json.gz"):
-        if path.parent.name in ELEMENTS:
+        if path.parent.name in ELEMENTS and args.match in path.name:
             rec = read_json(path)
             seconds.setdefault(rec["absorbing_element"], []).append(rec["seconds"])
             retried += bool(rec["retried"])

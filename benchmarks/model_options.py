@@ -98,10 +98,12 @@ def main() -> None:
     profile = get_profile(args.profile)
     base = getattr(ModelConfig, profile.model)()
     configs = [parse_variant(v, base) for v in args.variants]
-    tasks = [(profile.name, c, seed, args.real, args.save, f"v{i}") for i, c in enumerate(configs)
-             for seed in range(args.seeds)]
+    # seed-major order: an interrupted run still has every variant's first seeds
+    tasks = [(profile.name, c, seed, args.real, args.save, f"v{i}") for seed in range(args.seeds)
+             for i, c in enumerate(configs)]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:  # CUDA-safe
-        results = list(pool.map(run_one, *zip(*tasks)))
+        done = dict(zip([(t[5], t[2]) for t in tasks], pool.map(run_one, *zip(*tasks))))
+    results = [done[(f"v{i}", seed)] for i in range(len(configs)) for seed in range(args.seeds)]
     print(f"Machine: {describe()}; profile {profile.name}, {args.seeds} seeds, {args.jobs} parallel processes\n")
     header = "| variant | test MSE median | flattened R² | η | uniform heads |"
     if args.real:

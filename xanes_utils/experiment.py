@@ -6,7 +6,8 @@ crystal structures are built here from published crystallographic data (:data:`R
 space group, lattice and Wyckoff positions, each with its source); compounds without a reliable ordered
 structure are listed in :data:`SKIPPED` with the reason.
 
-Comparison (:func:`compare`): every curve (experiment, FEFF10 at the dataset's settings, model) is put on
+Comparison (:func:`compare`): every curve (experiment, FEFF10 at the dataset's settings, model, and the
+element's mean training spectrum as a trivial baseline) is put on
 the element's 111-point grid and min-max normalised on the window it shares with the shifted experiment.
 The experiment's energy scale is moved by one shift per element, fitted (best MSE of FEFF against
 experiment) on the element's other compounds only (leave-one-out); an element with a single compound
@@ -236,14 +237,19 @@ def loo_shifts(measured: list[Measured], feff: dict[str, np.ndarray]) -> dict[st
     for m in measured:
         same = [best[o.id] for o in measured if o.element == m.element and o.formula != m.formula]
         other = [best[o.id] for o in measured if o.element != m.element]
+        if not same and not other:
+            raise ValueError(f"{m.id}: a leave-one-out shift needs another measured compound")
         out[m.id] = float(np.median(same if same else other))
     return out
 
 
-def compare(measured: list[Measured], feff: dict[str, np.ndarray], model: dict[str, np.ndarray]) -> list[dict]:
-    """Per measured spectrum: the shifts, aligned curves and metrics of FEFF and model against experiment.
+def compare(measured: list[Measured], feff: dict[str, np.ndarray], model: dict[str, np.ndarray],
+            baseline: dict[str, np.ndarray]) -> list[dict]:
+    """Per measured spectrum: the shifts, aligned curves and metrics of FEFF, model and baseline against
+    experiment.
 
-    ``feff`` and ``model`` map a measured id to the multiplicity-weighted site average on the grid.
+    ``feff`` and ``model`` map a measured id to the multiplicity-weighted site average on the grid;
+    ``baseline`` maps an element to its mean training spectrum (the trivial prediction η is measured against).
     """
     shifts = loo_shifts(measured, feff)
     rows = []
@@ -251,11 +257,13 @@ def compare(measured: list[Measured], feff: dict[str, np.ndarray], model: dict[s
         shift = shifts[m.id]
         exp, feff_curve = _aligned(m, feff[m.id], shift)
         _, model_curve = _aligned(m, model[m.id], shift)
-        f, p = metrics(exp, feff_curve), metrics(exp, model_curve)
+        _, base_curve = _aligned(m, baseline[m.element], shift)
+        f, p, b = metrics(exp, feff_curve), metrics(exp, model_curve), metrics(exp, base_curve)
         rows.append({"id": m.id, "element": m.element, "formula": m.formula, "shift": shift,
                      "best_shift_feff": best_shift(m, feff[m.id]), "best_shift_model": best_shift(m, model[m.id]),
                      "energy": energy_grid(m.element), "experiment": exp, "feff": feff_curve, "model": model_curve,
-                     **{f"feff_{k}": v for k, v in f.items()}, **{f"model_{k}": v for k, v in p.items()},
+                     "baseline": base_curve, **{f"feff_{k}": v for k, v in f.items()},
+                     **{f"model_{k}": v for k, v in p.items()}, **{f"baseline_{k}": v for k, v in b.items()},
                      "mse_ratio": p["mse"] / f["mse"]})
     return rows
 

@@ -1,0 +1,67 @@
+"""Measured reference spectra, their published structures, and the leave-one-out comparison."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xanes_utils import experiment
+from xanes_utils.elements import energy_grid
+from xanes_utils.experiment import Measured
+
+
+def test_every_measured_compound_has_a_structure_or_a_reason():
+    measured = experiment.load_measured()
+    assert len(measured) == 24 and {m.element for m in measured} <= set(experiment.ELEMENTS)
+    for m in measured:
+        assert (m.formula in experiment.REFERENCE_STRUCTURES) != (m.formula in experiment.SKIPPED), m.formula
+
+
+@pytest.mark.parametrize("formula, n, low, high", [
+    ("CuO", 4, 1.94, 1.97),      # square-planar Cu(II): 1.95, 1.96 A
+    ("ZnO", 4, 1.97, 1.99),      # tetrahedral
+    ("LiCoO2", 6, 1.91, 1.93),   # Co on 3b, O on 6c: Co-O 1.92 A
+    ("Fe2O3", 6, 1.94, 2.12),    # 3 short + 3 long
+    ("VO2", 6, 1.75, 2.07),      # distorted M1 octahedron with the short vanadyl bond
+])
+def test_published_structures_have_their_first_shells(formula, n, low, high):
+    structure = experiment.REFERENCE_STRUCTURES[formula].structure()
+    assert structure.composition.reduced_formula == formula
+    element = experiment.absorber_element(formula)
+    site = next(i for i, s in enumerate(structure) if s.specie.symbol == element)
+    shell = sorted(nb.nn_distance for nb in structure.get_neighbors(structure[site], 2.3))
+    assert len(shell) == n and low <= shell[0] and shell[-1] <= high
+
+
+def test_sites_and_multiplicity_weighted_average():
+    sites = experiment.absorber_sites(experiment.REFERENCE_STRUCTURES["Mn2O3"].structure(), "Mn")
+    assert sorted(m for _, m in sites) == [8, 24]
+    avg = experiment.site_average([np.zeros(3), np.ones(3)], [8, 24])
+    assert np.allclose(avg, 0.75)
+
+
+def synthetic(id_: str, formula: str, offset: float) -> Measured:
+    """A measured 'Cu' edge at 9000 eV + offset: sigmoid, on the experiment's own energy axis."""
+    energy = np.linspace(8970, 9045, 200)
+    return Measured(id_, "Cu", formula, id_, energy, 1 / (1 + np.exp(-(energy - 9000 - offset) / 1.5)))
+
+
+def test_best_shift_and_leave_one_out():
+    grid = energy_grid("Cu")
+    feff = 1 / (1 + np.exp(-(grid - 9000) / 1.5))  # FEFF's edge at 9000 eV
+    a, b, c = synthetic("a", "X", -3.0), synthetic("b", "Y", -2.0), synthetic("c", "Y", -2.0)
+    assert experiment.best_shift(a, feff) == pytest.approx(3.0, abs=0.13)
+    shifts = experiment.loo_shifts([a, b, c], {"a": feff, "b": feff, "c": feff})
+    assert shifts["a"] == pytest.approx(2.0, abs=0.13)  # from b and c only
+    assert shifts["b"] == pytest.approx(3.0, abs=0.13)  # c is the same compound: left out with b
+    rows = experiment.compare([a, b], {"a": feff, "b": feff}, {"a": feff, "b": feff}, {"Cu": np.full_like(grid, 0.5)})
+    assert rows[0]["feff_mse"] == rows[0]["model_mse"] and rows[0]["mse_ratio"] == 1.0
+    assert rows[0]["baseline_mse"] > 10 * rows[0]["model_mse"]
+    with pytest.raises(ValueError, match="a: a leave-one-out shift needs another"):
+        experiment.compare([a], {"a": feff}, {"a": feff}, {"Cu": feff})
+
+
+def test_metrics_by_hand():
+    m = experiment.metrics(np.array([0.0, 1.0, np.nan, 2.0]), np.array([0.0, 1.0, 5.0, 1.0]))
+    assert m["mse"] == pytest.approx(1 / 3) and m["spearman"] == pytest.approx(0.866, abs=1e-3)
+    assert m["cosine"] == pytest.approx(3 / (np.sqrt(5) * np.sqrt(2)))
