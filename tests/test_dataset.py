@@ -61,3 +61,18 @@ def test_corrupt_dataset_is_detected(packed):
         load_dataset(out)
     with pytest.raises(CorruptFileError, match="corrupt"):
         read_json(out)
+
+
+def test_pack_takes_provenance_from_every_plan(tmp_path):
+    runs = tmp_path / "runs"
+    s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.17), ["Ni", "O"], [[0, 0, 0], [0.5] * 3]).as_dict()
+    for sid in ("a", "b-relaxed"):
+        atomic_write_json(runs / "Ni" / f"{sid}-0-Ni-XANES-K.json.gz", {
+            "id": f"{sid}-0-Ni-XANES-K", "structure_id": sid, "absorbing_index": 0, "absorbing_element": "Ni",
+            "structure": s, "x": list(range(111)), "y": [0.5] * 111, "seconds": 1.0, "settings": {}, "retried": False})
+    plans = [tmp_path / "p1.json.gz", tmp_path / "p2.json.gz", tmp_path / "missing.json.gz"]
+    atomic_write_json(plans[0], {"sources": {"a": {"library": "aflow"}}})
+    atomic_write_json(plans[1], {"sources": {"b-relaxed": {"relaxed": True, "unrelaxed_id": "b"}}})
+    pack(runs, tmp_path / "out.json.gz", plans)
+    packed = read_json(tmp_path / "out.json.gz")
+    assert packed["sources"] == {"a": {"library": "aflow"}, "b-relaxed": {"relaxed": True, "unrelaxed_id": "b"}}

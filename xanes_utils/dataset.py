@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from pymatgen.core import Structure
@@ -63,14 +64,20 @@ def finished_record_paths(runs_dir: str | Path) -> list[Path]:
     return [p for p in sorted(Path(runs_dir).glob("*/*.json.gz")) if p.parent.name in ELEMENTS]
 
 
-def pack(runs_dir: str | Path, out: str | Path = DEFAULT_DATASET, plan: str | Path = DATA_DIR / "plan.json.gz"
-         ) -> dict:
+#: The plans whose structures' provenance ``pack`` records (the prototype library, the relaxed compounds).
+PLANS = (DATA_DIR / "plan.json.gz", DATA_DIR / "plan_compounds.json.gz")
+
+
+def pack(runs_dir: str | Path, out: str | Path = DEFAULT_DATASET,
+         plan: str | Path | Sequence[str | Path] = PLANS) -> dict:
     """Pack every finished FEFF record under ``runs_dir`` into ``out`` and write its manifest.
 
-    Records are sorted by id so the file is byte-for-byte reproducible; structures are stored once.
+    Provenance (``sources``) comes from the ``plan`` file(s) that exist. Records are sorted by id so the
+    file is byte-for-byte reproducible; structures are stored once.
     """
     runs_dir, out = Path(runs_dir), Path(out)
-    sources = read_json(plan)["sources"] if Path(plan).exists() else {}
+    plans = [plan] if isinstance(plan, (str, Path)) else list(plan)
+    sources = {k: v for p in plans if Path(p).exists() for k, v in read_json(p)["sources"].items()}
     records, structures, settings = [], {}, collections.Counter()
     for path in finished_record_paths(runs_dir):
         rec = read_json(path)
