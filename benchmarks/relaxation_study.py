@@ -22,7 +22,7 @@ from pymatgen.core import Species, Structure
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
-from xanes_utils.compounds import RELAXED_SUFFIX, SHELL_TOLERANCE  # noqa: E402
+from xanes_utils.compounds import RELAXED_SUFFIX, first_shell_neighbours  # noqa: E402
 from xanes_utils.dataset import finished_record_paths  # noqa: E402
 from xanes_utils.io import read_json  # noqa: E402
 from xanes_utils.structures import oxidation_states  # noqa: E402
@@ -35,13 +35,6 @@ def edge_position(energy: np.ndarray, mu: np.ndarray) -> float:
     if i == 0:
         return float(energy[0])
     return float(np.interp(half, mu[i - 1:i + 1], energy[i - 1:i + 1]))
-
-
-def first_shell(structure: Structure, site: int) -> tuple[float, list]:
-    """(nearest distance, first-shell neighbours) of ``structure[site]``."""
-    neighbours = structure.get_neighbors(structure[site], 5.0)
-    nearest = min(nb.nn_distance for nb in neighbours)
-    return nearest, [nb for nb in neighbours if nb.nn_distance <= nearest + SHELL_TOLERANCE]
 
 
 def shannon_sum(structure: Structure, site: int, shell: list) -> float | None:
@@ -79,7 +72,8 @@ def main() -> None:
         old = read_json(by_id[parent_id])
         site = rec["absorbing_index"]
         before, after = Structure.from_dict(old["structure"]), Structure.from_dict(rec["structure"])
-        (d0, shell0), (d1, shell1) = first_shell(before, site), first_shell(after, site)
+        shell0, shell1 = first_shell_neighbours(before, site), first_shell_neighbours(after, site)
+        d0, d1 = (min(nb.nn_distance for nb in shell) for shell in (shell0, shell1))
         x = np.asarray(rec["x"])
         y0, y1 = np.asarray(old["y"]), np.asarray(rec["y"])
         shannon = shannon_sum(before, site, shell0)

@@ -27,13 +27,18 @@ MAX_COMPOUND_SITES = 40
 SHELL_TOLERANCE = 0.3
 
 
-def first_shell(structure: Structure, site: int, cutoff: float = 5.0) -> list[str]:
-    """Species symbols of the absorber's first shell (within ``SHELL_TOLERANCE`` of the nearest)."""
+def first_shell_neighbours(structure: Structure, site: int, cutoff: float = 5.0) -> list:
+    """Neighbours (pymatgen ``PeriodicNeighbor``) within ``SHELL_TOLERANCE`` Å of the nearest one."""
     neighbours = structure.get_neighbors(structure[site], cutoff)
     if not neighbours:
         return []
     nearest = min(nb.nn_distance for nb in neighbours)
-    return sorted(nb.specie.symbol for nb in neighbours if nb.nn_distance <= nearest + SHELL_TOLERANCE)
+    return [nb for nb in neighbours if nb.nn_distance <= nearest + SHELL_TOLERANCE]
+
+
+def first_shell(structure: Structure, site: int, cutoff: float = 5.0) -> list[str]:
+    """Sorted species symbols of the absorber's first shell (see :func:`first_shell_neighbours`)."""
+    return sorted(nb.specie.symbol for nb in first_shell_neighbours(structure, site, cutoff))
 
 
 def anion_coordinated(structure: Structure, site: int) -> bool:

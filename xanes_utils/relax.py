@@ -18,6 +18,8 @@ from functools import lru_cache
 
 from pymatgen.core import Structure
 
+from xanes_utils.structures import closest_pair
+
 log = logging.getLogger(__name__)
 
 #: Largest force (eV/Å) at convergence.
@@ -102,19 +104,11 @@ def relax_structure(structure: Structure, name: str = "structure", fmax: float =
         problems.append(f"not converged in {steps} steps (largest atomic force {max_force:.2f} eV/A)")
     if abs(info.volume_change) > MAX_VOLUME_CHANGE:
         problems.append(f"volume changed by {100 * info.volume_change:+.0f} %")
-    if n > 1:
-        dmin = _min_distance(final)
-        if dmin < MIN_DISTANCE:
-            problems.append(f"atoms {dmin:.2f} A apart after relaxation")
+    dmin = closest_pair(final)[0]
+    if dmin < MIN_DISTANCE:
+        problems.append(f"atoms {dmin:.2f} A apart after relaxation")
     if problems:
         raise RelaxError(f"{name}: implausible relaxation: {'; '.join(problems)}")
     log.debug("%s relaxed in %d steps, volume %+.1f %%", name, info.steps, 100 * info.volume_change)
     return final, info
 
-
-def _min_distance(structure: Structure) -> float:
-    """Smallest distance between two distinct sites, periodic images included (Å)."""
-    matrix = structure.distance_matrix
-    off_diagonal = [matrix[i][j] for i in range(len(structure)) for j in range(len(structure)) if i != j]
-    self_image = min(structure.lattice.abc)
-    return float(min(off_diagonal + [self_image]))

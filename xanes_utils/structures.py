@@ -240,14 +240,14 @@ def validate_structure(structure: Structure, name: str = "structure") -> None:
         raise StructureError(f"{name}: cell volume {volume:.3g} A^3 for {len(structure)} atoms is too small: "
                              f"atoms would be closer than {MIN_DISTANCE} A (lattice lengths "
                              f"{', '.join(f'{x:.3g}' for x in structure.lattice.abc)} A)")
-    distance, i, j = _closest_pair(structure)
+    distance, i, j = closest_pair(structure)
     if distance < MIN_DISTANCE:
         what = "its own periodic image" if i == j else f"site {j} ({structure[j].species_string})"
         raise StructureError(f"{name}: site {i} ({structure[i].species_string}) is {distance:.3f} A from "
                              f"{what}; atoms closer than {MIN_DISTANCE} A overlap")
 
 
-def _closest_pair(structure: Structure, chunk: int = 256) -> tuple[float, int, int]:
+def closest_pair(structure: Structure, chunk: int = 256) -> tuple[float, int, int]:
     """(distance, i, j) of the two closest atoms, periodic images included (``i == j``: an atom and its
     own image); minimum images over the LLL-reduced cell, in row chunks to bound memory."""
     lattice = structure.lattice
