@@ -1,6 +1,7 @@
 """The family-bucket network: graph convolutions, multi-head graph attention, readout MLP.
 
-Shapes (B graphs, N = 21 B nodes, E = 20 B edges of which E_r are real, d_l layer widths):
+Shapes (B graphs, n = 20 neighbour slots by default, N = (n + 1) B nodes, E = n B edges of which E_r are real,
+d_l layer widths):
 
 Section 1, :class:`StarConv` x len(conv_dims) (118 -> 600 -> 500 -> 400 at the paper's dims)::
 
@@ -48,7 +49,7 @@ Implementations (``ModelConfig.implementation``), sharing parameters and state_d
   weighted by element counts. The attention input ``W_f [x_i, x_j, x_i - x_j, e]`` is split
   into absorber, element and edge terms, and ``w . (q * W_k f)`` is computed as
   ``(W_k^T (w * q)) . f``, so no per-edge matrix product wider than the 65 edge features remains.
-  Edges are processed as dense [B, 20] slots (masked sums and a masked softmax, no scatter).
+  Edges are processed as dense [B, n] slots (n = ``neighbours``; masked sums and a masked softmax, no scatter).
   Non-absorber features are taken from the orbital table by ``z`` (as :mod:`xanes_utils.graphs`
   builds them), absorber features from ``x``.
 """
@@ -206,8 +207,8 @@ class StarConv(MessagePassing):
                      table_weight: Tensor) -> tuple[Tensor, Tensor]:
         """Fast path: absorbers [B, d_in] and element table [U, d_in] -> ([B, d_out], [U, d_out]).
 
-        Edges are dense per graph: ``edge_attr`` [B, 20, 65], ``edge_elem`` [B, 20] (table row of each
-        neighbour; any valid row on dummy slots), ``edge_mask`` [B, 20] float (1 real, 0 dummy);
+        Edges are dense per graph: ``edge_attr`` [B, n, edge_dim], ``edge_elem`` [B, n] (table row of each
+        neighbour; any valid row on dummy slots), ``edge_mask`` [B, n] float (1 real, 0 dummy);
         ``table_weight`` [U] counts each element among the readout nodes (BatchNorm statistics).
         """
         msg = F.elu(self.lin_edge(edge_attr)) * table[edge_elem] * edge_mask.unsqueeze(-1)
@@ -259,18 +260,18 @@ class StarAttentionHead(MessagePassing):
 
     def forward_fast(self, absorber: Tensor, table: Tensor, edge_attr: Tensor, edge_elem: Tensor, edge_mask: Tensor,
                      table_weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Fast path (arguments as :meth:`StarConv.forward_fast`); also returns the weights [B, 20]."""
+        """Fast path (arguments as :meth:`StarConv.forward_fast`); also returns the weights [B, n]."""
         n_graphs, d = absorber.shape[0], self.in_dim
         w_i, w_j, w_diff, w_e = self.lin_f.weight.split([d, d, d, self.edge_dim], dim=1)
         f = F.elu(F.linear(absorber, w_i + w_diff, self.lin_f.bias).unsqueeze(1)
-                  + F.linear(table, w_j - w_diff)[edge_elem] + F.linear(edge_attr, w_e))  # [B, 20, d_in]
+                  + F.linear(table, w_j - w_diff)[edge_elem] + F.linear(edge_attr, w_e))  # [B, n, d_in]
         query = self.att * self.lin_q(absorber)  # w * q_i: [B, d_head]
         key_vec = query @ self.lin_k.weight  # W_k^T (w * q_i): [B, d_in]
         key_bias = query @ self.lin_k.bias  # (w * q_i) . b_k: [B]
-        score = ((f * key_vec.unsqueeze(1)).sum(-1) + key_bias.unsqueeze(1)) / math.sqrt(self.head_dim)  # [B, 20]
+        score = ((f * key_vec.unsqueeze(1)).sum(-1) + key_bias.unsqueeze(1)) / math.sqrt(self.head_dim)  # [B, n]
         if self.score == "centred":
             score = score - (score * edge_mask).sum(1, keepdim=True) / edge_mask.sum(1, keepdim=True).clamp(min=1)
-        alpha = torch.softmax(torch.tanh(score).masked_fill(edge_mask == 0, float("-inf")), dim=1)  # [B, 20]
+        alpha = torch.softmax(torch.tanh(score).masked_fill(edge_mask == 0, float("-inf")), dim=1)  # [B, n]
         summed = (alpha.unsqueeze(-1) * f).sum(1)
         rows = torch.cat([self.lin(absorber + summed), self.lin(table)])
         weight = torch.cat([table_weight.new_ones(n_graphs), table_weight])
@@ -308,8 +309,8 @@ class XanesGAT(nn.Module):
 
         Internals: graph-level activations pooled over the readout nodes, ``"conv1"``.. [B, d_l],
         ``"attention"`` [B, heads * head_dim], ``"mlp1"``.. [B, d] (after PReLU);
-        ``"attention_weights"`` [B, n, heads] (n = ``config.neighbours``; 0 on dummy edges, each head's row sums to 1 over
-        the real neighbours); ``"absorber"``: a dict of the absorber node's activations per layer.
+        ``"attention_weights"`` [B, n, heads] (n = ``config.neighbours``; 0 on dummy edges, each head's row
+        sums to 1 over the real neighbours); ``"absorber"``: a dict of the absorber node's activations per layer.
         ``implementation`` overrides ``config.implementation`` for this call.
         """
         impl = implementation or self.config.implementation
