@@ -337,7 +337,7 @@ def _remove_scratch(out_dirs: Iterable[str]) -> None:
 
 def _kill_trees(pids: Iterable[int]) -> None:
     """SIGKILL processes ``pids``, then their descendants as they were (FEFF stage processes), and wait
-    for the descendants (``pids``, child processes, are left for their owner to reap).
+    for all of them to die (``pids``, child processes, are left for their owner to reap).
 
     Every tree is listed before anything is killed: a dying worker's children would otherwise be
     orphaned out of reach (the pool terminates the other workers when one dies)."""
@@ -351,6 +351,9 @@ def _kill_trees(pids: Iterable[int]) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
     psutil.wait_procs(descendants, timeout=5)
+    end = time.monotonic() + 5.0  # the roots too must be dead (zombies) before their scratch is removed
+    while any(_alive(root.pid) for root in roots) and time.monotonic() < end:
+        time.sleep(0.05)
 
 
 def _init_worker(parent: int) -> None:
