@@ -67,14 +67,14 @@ def test_labels_multiplicities_and_weighted_average():
     assert all(p.site in p.equivalent and p.label.startswith("Fe") for p in preds)
     assert sorted(i for p in preds for i in p.equivalent) == [i for i, x in enumerate(s) if x.specie.symbol == "Fe"]
     by_mult = {p.multiplicity: p.mu for p in preds}
-    mean, n_sites = average_by_element(preds)["Fe"]
+    mean, _, n_sites = average_by_element(preds)["Fe"]
     assert n_sites == 24 and np.allclose(mean, (8 * by_mult[8] + 16 * by_mult[16]) / 24)
     # a chosen site that is not a representative still reports its whole equivalent set
     other = next(i for p in preds for i in p.equivalent if i != p.site)
     (chosen,) = predict(s, sites=[other], model=model)
     assert chosen.site == other and other in chosen.equivalent and chosen.multiplicity in (8, 16)
     twice = predict(s, sites=[chosen.equivalent[0], other], model=model)  # one set, asked for twice
-    assert average_by_element(twice)["Fe"][1] == chosen.multiplicity
+    assert average_by_element(twice)["Fe"][2] == chosen.multiplicity
 
 
 def test_cif_labels_are_kept(tmp_path):

@@ -19,10 +19,16 @@ shift the prediction (e.g. match the edge positions) before comparing it with a 
 The training spectra are 0 below FEFF's first energy point where that lies above the grid's start,
 so predictions can show a vertical step at the left (mostly of 4d spectra): ignore that region.
 
+uncertainty: the default model is an ensemble of 5 networks; mu is their mean and mu_std their spread,
+calibrated on validation data so that mu ± 2 mu_std holds about 95 % of points on structures like the
+training data (the PNGs shade that band). A site whose environment lies far from every training site
+is flagged out of domain (a warning, and out_of_domain=1 in <name>_sites.csv): its error can exceed the
+band. --member I uses one network only (no band).
+
 output per FILE: <name>_<label>_site<i>_<El>_K.csv/.png per symmetry-distinct site (i is 0-based, in
 the order pymatgen reads the file, <label> the CIF's site label), <name>_<El>_K_average.csv/.png (the
 multiplicity-weighted average over the sites, what one compares with a measured spectrum), and
-<name>_sites.csv listing each site's label, multiplicity and equivalent indices."""
+<name>_sites.csv listing each site's label, multiplicity, equivalent indices, domain score and flag."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
                         epilog=ENERGY_AXIS, formatter_class=argparse.RawDescriptionHelpFormatter)
     pr.add_argument("files", nargs="+", metavar="FILE", help="CIF or POSCAR file(s), optionally gzipped")
     pr.add_argument("--out", default="predictions", help="output directory (created if missing)")
-    pr.add_argument("--model", default=None, help="checkpoint (default: the committed model)")
+    pr.add_argument("--model", default=None, help="checkpoint, one model or an ensemble (default: the committed "
+                                                   "ensemble)")
+    pr.add_argument("--member", type=int, default=None, metavar="I",
+                    help="use only member I (0-based) of an ensemble: no uncertainty band")
     pr.add_argument("--sites", type=int, nargs="+", default=None, metavar="I",
                     help="0-based site indices in pymatgen's order (default: every distinct site)")
     return parser
@@ -75,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     from xanes_utils.train import load_model
 
     try:
-        model = load_model(args.model)
-    except (ValueError, OSError) as exc:
+        model = load_model(args.model, member=args.member)
+    except (ValueError, OSError, IndexError) as exc:
         log.error("--model: %s", exc)
         return 2
     failed = len(missing)
@@ -88,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         for p in preds:
-            log.info("%s: %s site %d (0-based), label %s, multiplicity %d, equivalent sites %s", file,
-                     p.element, p.site, p.label, p.multiplicity, " ".join(map(str, p.equivalent)))
+            score = "" if p.domain_score is None else f", domain score {p.domain_score:.2f}"
+            log.info("%s: %s site %d (0-based), label %s, multiplicity %d, equivalent sites %s%s", file,
+                     p.element, p.site, p.label, p.multiplicity, " ".join(map(str, p.equivalent)), score)
         for path in write_predictions(preds, out, stem):
             log.info("wrote %s", path)
     return 2 if failed else 0

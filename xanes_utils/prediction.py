@@ -10,6 +10,7 @@ The energy axis is FEFF's absolute scale, not aligned to any experiment: see
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from xanes_utils.elements import ELEMENTS, UnsupportedElementError, check_elemen
 from xanes_utils.io import safe_name
 from xanes_utils.structures import StructureError, check_structure
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Prediction:
@@ -31,6 +34,12 @@ class Prediction:
     ``_atom_site_label``; the element for formats without labels), ``equivalent`` the 0-based indices
     of every site symmetry-equivalent to it (``site`` included; its length is the multiplicity),
     ``energy`` in eV (111 points, FEFF's absolute scale) and ``mu`` edge-step normalised.
+
+    With an ensemble (the default model), ``mu`` is the members' mean and ``mu_std`` its calibrated
+    standard deviation per point (``None`` for a single model); ``domain_score`` measures how far the
+    site's environment lies from the training sites (1: a typical validation site) and ``out_of_domain``
+    is set when it exceeds the threshold chosen on validation data (trust the spectrum less than the
+    band says).
     """
 
     element: str
@@ -40,6 +49,9 @@ class Prediction:
     label: str = ""
     equivalent: tuple[int, ...] = ()
     source: str = "structure"
+    mu_std: np.ndarray | None = None
+    domain_score: float | None = None
+    out_of_domain: bool = False
 
     @property
     def multiplicity(self) -> int:
@@ -104,8 +116,10 @@ def predict(structure: Structure | str | Path, sites: Sequence[int] | None = Non
     """Predicted K-edge XANES for ``sites`` (0-based) of ``structure`` (default: every distinct
     supported site; symmetry-equivalent sites share one prediction, see :attr:`Prediction.equivalent`).
 
-    ``model`` defaults to the committed model trained on the embedded data (``load_model()``).
+    ``model`` defaults to the committed ensemble trained on the embedded data (``load_model()``), which
+    sets :attr:`Prediction.mu_std` and flags sites outside its domain (with a logged warning).
     """
+    from xanes_utils.ensemble import Ensemble, predict_ensemble
     from xanes_utils.graphs import build_graph
     from xanes_utils.train import load_model, predict_graphs
 
@@ -117,35 +131,51 @@ def predict(structure: Structure | str | Path, sites: Sequence[int] | None = Non
         raise StructureError(f"{name}: symmetry analysis failed ({exc})") from exc
     indices = resolve_sites(structure, sites, equivalent, name)
     model = model if model is not None else load_model()
-    mus = predict_graphs(model, [build_graph(structure, i, name=name, n_neighbours=model.config.neighbours)
-                                 for i in indices])
+    graphs = [build_graph(structure, i, name=name, n_neighbours=model.config.neighbours) for i in indices]
+    if isinstance(model, Ensemble):
+        result = predict_ensemble(model, graphs)
+        mus, stds, scores, flags = result.mu, result.mu_std, result.score, result.out_of_domain
+    else:
+        mus = predict_graphs(model, graphs)
+        stds, scores, flags = [None] * len(indices), [None] * len(indices), [False] * len(indices)
     out = []
-    for i, mu in zip(indices, mus):
+    for i, mu, std, score, flag in zip(indices, mus, stds, scores, flags):
         element = structure[i].specie.symbol
-        if not np.all(np.isfinite(mu)):
+        if not np.all(np.isfinite(mu)) or (std is not None and not np.all(np.isfinite(std))):
             raise ValueError(f"{name}: the model predicted NaN or infinite values for site {i} ({element}); "
                              "its weights are probably corrupt")
         out.append(Prediction(element=element, site=i, energy=energy_grid(element), mu=np.asarray(mu, float),
-                              label=_label(structure, i), equivalent=equivalent.get(i, (i,)), source=name))
+                              label=_label(structure, i), equivalent=equivalent.get(i, (i,)), source=name,
+                              mu_std=None if std is None else np.asarray(std, float),
+                              domain_score=None if score is None else float(score), out_of_domain=bool(flag)))
+        if flag:
+            log.warning("%s: site %d (%s, %s) is out of the training domain (score %.2f > threshold %.2f): "
+                        "the spectrum may be wrong by more than its band", name, i, out[-1].label, element,
+                        score, model.domain.threshold)
     return out
 
 
-def average_by_element(predictions: Sequence[Prediction]) -> dict[str, tuple[np.ndarray, int]]:
-    """Multiplicity-weighted mean spectrum per element and the number of sites it averages (what a
-    measurement of the whole material sees, when ``predictions`` cover every distinct site of that
-    element); a set of equivalent sites counts once however many of its members were predicted."""
+def average_by_element(predictions: Sequence[Prediction]) -> dict[str, tuple[np.ndarray, np.ndarray | None, int]]:
+    """Multiplicity-weighted mean spectrum per element, its standard deviation and the number of sites it
+    averages (what a measurement of the whole material sees, when ``predictions`` cover every distinct
+    site of that element); a set of equivalent sites counts once however many of its members were
+    predicted. The standard deviation is the weighted mean of the sites' (``None`` without bands): exact
+    when the sites' errors are fully correlated, an upper bound otherwise."""
     out = {}
     for element in dict.fromkeys(p.element for p in predictions):
         group = list({p.equivalent or (p.site,): p for p in predictions if p.element == element}.values())
         weights = [p.multiplicity for p in group]
-        out[element] = np.average([p.mu for p in group], axis=0, weights=weights), sum(weights)
+        std = (None if any(p.mu_std is None for p in group)
+               else np.average([p.mu_std for p in group], axis=0, weights=weights))
+        out[element] = np.average([p.mu for p in group], axis=0, weights=weights), std, sum(weights)
     return out
 
 
 def write_predictions(predictions: Sequence[Prediction], out_dir: str | Path, stem: str) -> list[Path]:
-    """Write, for one structure, a CSV (energy_eV, mu) and PNG per predicted site, a multiplicity-weighted
-    average per element, and ``<stem>_sites.csv`` listing each site's 0-based index, label,
-    multiplicity and equivalent indices; returns the written paths.
+    """Write, for one structure, a CSV (energy_eV, mu and, with an ensemble, mu_std) and PNG (with the
+    ±2σ band) per predicted site, a multiplicity-weighted average per element, and ``<stem>_sites.csv``
+    listing each site's 0-based index, label, multiplicity, equivalent indices, domain score and
+    out-of-domain flag; returns the written paths.
 
     File names hold the stem, site label and index, so sites and files never overwrite each other.
     """
@@ -154,35 +184,49 @@ def write_predictions(predictions: Sequence[Prediction], out_dir: str | Path, st
         raise NotADirectoryError(f"{out_dir}: exists and is not a directory (--out needs a directory)")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    rows = ["site_index_0based,label,element,multiplicity,equivalent_indices_0based,spectrum_csv"]
+    rows = ["site_index_0based,label,element,multiplicity,equivalent_indices_0based,domain_score,out_of_domain,"
+            "spectrum_csv"]
     for p in predictions:
         base = out_dir / f"{stem}_{safe_name(p.label)}_site{p.site}_{p.element}_K"
         title = f"{stem}: {p.element} K-edge, {p.label} (site {p.site}, 0-based; multiplicity {p.multiplicity})"
-        written += _write_spectrum(base, p.energy, p.mu, title + ", predicted")
+        if p.out_of_domain:
+            title += ", OUT OF TRAINING DOMAIN"
+        written += _write_spectrum(base, p.energy, p.mu, p.mu_std, title + ", predicted")
+        score = "" if p.domain_score is None else f"{p.domain_score:.3f}"
         rows.append(f"{p.site},{p.label},{p.element},{p.multiplicity},{' '.join(map(str, p.equivalent))},"
-                    f"{written[-2].name}")
-    for element, (mu, n_sites) in average_by_element(predictions).items():
-        written += _write_spectrum(out_dir / f"{stem}_{element}_K_average", energy_grid(element), mu,
+                    f"{score},{int(p.out_of_domain)},{written[-2].name}")
+    for element, (mu, std, n_sites) in average_by_element(predictions).items():
+        written += _write_spectrum(out_dir / f"{stem}_{element}_K_average", energy_grid(element), mu, std,
                                    f"{stem}: {element} K-edge, average of {n_sites} sites weighted by "
                                    f"multiplicity, predicted")
-        rows.append(f",average,{element},{n_sites},,{written[-2].name}")
+        flagged = int(any(p.out_of_domain for p in predictions if p.element == element))
+        rows.append(f",average,{element},{n_sites},,,{flagged},{written[-2].name}")
     index = out_dir / f"{stem}_sites.csv"
     index.write_text("\n".join(rows) + "\n")
     return written + [index]
 
 
-def _write_spectrum(base: Path, energy: np.ndarray, mu: np.ndarray, title: str) -> list[Path]:
-    """``base``.csv (energy_eV, mu_normalised) and ``base``.png; ``base`` may contain dots."""
+def _write_spectrum(base: Path, energy: np.ndarray, mu: np.ndarray, std: np.ndarray | None, title: str
+                    ) -> list[Path]:
+    """``base``.csv (energy_eV, mu_normalised[, mu_std]) and ``base``.png (±2σ band shaded when ``std`` is
+    given); ``base`` may contain dots."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     csv, png = base.with_name(base.name + ".csv"), base.with_name(base.name + ".png")
-    np.savetxt(csv, np.column_stack([energy, mu]), delimiter=",", header="energy_eV,mu_normalised",
-               comments="", fmt="%.4f")
+    columns, header = [energy, mu], "energy_eV,mu_normalised"
+    if std is not None:
+        columns, header = columns + [std], header + ",mu_std"
+    np.savetxt(csv, np.column_stack(columns), delimiter=",", header=header, comments="", fmt="%.4f")
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot(energy, mu, color="#0072B2")
+    if std is not None:
+        ax.fill_between(energy, mu - 2 * std, mu + 2 * std, color="#56B4E9", alpha=0.4, linewidth=0,
+                        label="±2σ (ensemble, calibrated)")
+    ax.plot(energy, mu, color="#0072B2", label="prediction")
+    if std is not None:
+        ax.legend(fontsize=8, frameon=False)
     ax.set_xlabel("Energy (eV, FEFF absolute scale)")
     ax.set_ylabel("Normalised μ(E)")
     ax.set_title(title, fontsize=9, wrap=True)

@@ -16,7 +16,7 @@ import zipfile
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from xanes_utils.dataset import DATA_DIR
 from xanes_utils.elements import E_START, N_POINTS, STEP_EV
 from xanes_utils.io import read_checksummed, write_checksummed
 from xanes_utils.model import ModelConfig, XanesGAT
+
+if TYPE_CHECKING:
+    from xanes_utils.ensemble import Ensemble
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +121,12 @@ def stack_targets(graphs: Sequence[Data]) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_graphs(model: XanesGAT, graphs: Sequence[Data], batch_size: int = 512) -> np.ndarray:
-    """Model spectra [n, 111] for ``graphs`` in eval mode."""
+def predict_graphs(model: XanesGAT | Ensemble, graphs: Sequence[Data], batch_size: int = 512) -> np.ndarray:
+    """Model spectra [n, 111] for ``graphs`` in eval mode (an ensemble's member mean)."""
     model.eval()
     device = next(model.parameters()).device
     outs = [model(b.to(device)).cpu() for b in DataLoader(list(graphs), batch_size=batch_size)]
+    outs = [o.mean(0) if o.dim() == 3 else o for o in outs]
     return torch.cat(outs).numpy() if outs else np.zeros((0, model.config.out_dim), np.float32)
 
 
@@ -208,14 +212,12 @@ def save_checkpoint(path: str | Path, model: XanesGAT, train_config: TrainConfig
     write_checksummed(path, buffer.getvalue())
 
 
-def load_checkpoint(path: str | Path | None = None) -> dict:
-    """Load and check a checkpoint dict safely (``weights_only=True``: no code is unpickled).
-
-    The file is checked against its SHA-256 sidecar (a checkpoint without one loads with a warning), and
-    its ``model_config`` and weights must be present, valid and finite; any problem raises a
-    ``ValueError`` naming the file.
-    """
-    path = Path(path) if path is not None else DEFAULT_MODEL
+def read_payload(path: str | Path, formats: str | tuple[str, ...]) -> dict:
+    """The dict saved at ``path`` by :func:`save_checkpoint` (or an ensemble's), read safely
+    (``weights_only=True``: no code is unpickled) after checking its SHA-256 sidecar (a file without one
+    loads with a warning); raises ``ValueError`` naming the file unless its format is one of ``formats``."""
+    path = Path(path)
+    formats = (formats,) if isinstance(formats, str) else formats
     if not path.exists():
         raise FileNotFoundError(f"{path}: model checkpoint not found (train one with notebooks/02_training)")
     if not zipfile.is_zipfile(path):
@@ -226,8 +228,13 @@ def load_checkpoint(path: str | Path | None = None) -> dict:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise ValueError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+    if not isinstance(payload, dict) or payload.get("format") not in formats:
+        raise ValueError(f"{path}: not a {' or '.join(formats)} checkpoint")
+    return payload
+
+
+def _check_single(payload: dict, path: Path) -> dict:
+    """``payload`` after checking that its ``model_config`` and weights are present, valid and finite."""
     for key in ("model_config", "state_dict"):
         if not isinstance(payload.get(key), dict):
             raise ValueError(f"{path}: the checkpoint has no {key!r} dict")
@@ -241,6 +248,13 @@ def load_checkpoint(path: str | Path | None = None) -> dict:
     return payload
 
 
+def load_checkpoint(path: str | Path | None = None) -> dict:
+    """Load and check a single-model checkpoint dict (see :func:`read_payload`); any problem raises a
+    ``ValueError`` naming the file. ``None``: the committed single model of notebook 02."""
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    return _check_single(read_payload(path, CHECKPOINT_FORMAT), path)
+
+
 def model_from_checkpoint(payload: dict, device: str = "cpu", name: str = "checkpoint") -> XanesGAT:
     """The model (eval mode) of a checkpoint dict read by :func:`load_checkpoint`; errors name ``name``."""
     model = XanesGAT(ModelConfig.from_dict(payload["model_config"]))
@@ -251,7 +265,26 @@ def model_from_checkpoint(payload: dict, device: str = "cpu", name: str = "check
     return model.to(device).eval()
 
 
-def load_model(path: str | Path | None = None, device: str = "cpu") -> XanesGAT:
-    """The model of a checkpoint (``None``: the committed default trained on the embedded data)."""
-    path = Path(path) if path is not None else DEFAULT_MODEL
-    return model_from_checkpoint(load_checkpoint(path), device, name=str(path))
+def load_model(path: str | Path | None = None, device: str = "cpu", member: int | None = None
+               ) -> XanesGAT | Ensemble:
+    """The model of a checkpoint: a single model, or an ensemble (``member``: one of its members).
+
+    ``None`` loads the committed ensemble trained on the embedded data (notebook 03), which gives every
+    prediction an uncertainty; ``member=0`` one of its members; :data:`DEFAULT_MODEL` the single model of
+    notebook 02, which the interpretability notebooks analyse.
+    """
+    from xanes_utils.ensemble import DEFAULT_ENSEMBLE, ENSEMBLE_FORMAT, ensemble_from_payload
+
+    path = Path(path) if path is not None else DEFAULT_ENSEMBLE
+    payload = read_payload(path, (CHECKPOINT_FORMAT, ENSEMBLE_FORMAT))
+    if payload["format"] == CHECKPOINT_FORMAT:
+        if member not in (None, 0):
+            raise ValueError(f"{path}: holds a single model, not an ensemble: there is no member {member}")
+        return model_from_checkpoint(_check_single(payload, path), device, name=str(path))
+    ensemble = ensemble_from_payload(payload, str(path))
+    if member is None:
+        return ensemble.to(device)
+    if not 0 <= member < len(ensemble.members):
+        raise IndexError(f"{path}: member {member} out of range: the ensemble has {len(ensemble.members)} "
+                         f"members, numbered from 0")
+    return ensemble.members[member].to(device)

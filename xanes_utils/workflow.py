@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from torch_geometric.data import Data
@@ -25,6 +25,9 @@ from xanes_utils.train import (
     DEFAULT_MODEL, History, TrainConfig, load_checkpoint, model_from_checkpoint, save_checkpoint, split_indices,
     train,
 )
+
+if TYPE_CHECKING:
+    from xanes_utils.ensemble import Ensemble
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,44 @@ def train_or_load(prep: Prepared, profile: Profile, data: str | Path | None, nam
                     extra={"elements": list(elements) if elements else "all", "profile": profile.name,
                            "n_train": len(pick), "n_val": len(val), "fingerprint": prep.fingerprint})
     return model, history
+
+
+def ensemble_path(profile: Profile, data: str | Path | None) -> Path:
+    """Ensemble checkpoint path; the default profile's on the embedded data is the one ``predict`` uses."""
+    from xanes_utils.ensemble import DEFAULT_ENSEMBLE
+
+    if profile.name == "default" and data is None:
+        return DEFAULT_ENSEMBLE
+    return cache_dir(profile.name, data) / "models" / "ensemble.pt"
+
+
+def ensemble_or_load(prep: Prepared, profile: Profile, data: str | Path | None, n_members: int = 5,
+                     retrain: bool = False, jobs: int = 1, progress: bool = True) -> tuple[Ensemble, dict]:
+    """Train (members on bootstrap resamples of the training split, calibrated on the validation split)
+    or load the cached ensemble of the profile's model; returns it and its file's ``extra`` dict (member
+    histories' best epochs and wall times, the split fingerprint)."""
+    from xanes_utils.ensemble import load_ensemble, save_ensemble, train_ensemble
+
+    path = ensemble_path(profile, data)
+    model_config = getattr(ModelConfig, profile.model)()
+    if path.exists() and not retrain:
+        try:
+            model, extra = load_ensemble(path)
+        except (ValueError, CorruptFileError) as exc:
+            log.warning("%s; retraining the ensemble", exc)
+        else:
+            if (extra.get("fingerprint") == prep.fingerprint and model.config == model_config
+                    and len(model.members) == n_members):
+                return model, extra
+            log.info("%s was trained on other data, another split or another architecture: retraining", path)
+    config = TrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr, seed=profile.seed)
+    model, histories = train_ensemble(prep.subset("train"), prep.subset("val"), model_config, config,
+                                      n_members=n_members, jobs=jobs, progress=progress)
+    extra = {"profile": profile.name, "fingerprint": prep.fingerprint, "n_train": len(prep.train),
+             "best_epochs": [h["best_epoch"] for h in histories],
+             "seconds": [h["seconds"][-1] for h in histories]}
+    save_ensemble(path, model, extra)
+    return model, extra
 
 
 def cached_json(path: Path, compute, key: str, retrain: bool = False):
