@@ -2,12 +2,14 @@
 
     python benchmarks/real_materials.py --data ../shared/external/omnixas_cu_dev.jsonl.gz
     python benchmarks/real_materials.py --data FILE --model data/models/family_bucket.pt other.pt
+    python benchmarks/real_materials.py --data FILE --model data/models/family_bucket_ensemble.pt
 
 The reference spectra are shifted once, globally, by the offset between their FEFF and our FEFF10 measured
 on a few sites (``--calibrate``; model-independent), or so that their mean matches our training mean
 (``--shift mean``). Reports, per model: median MSE, median Pearson r, η against
 the mean of our own training spectra (OmniXAS's convention) and against the real set's own mean, and the
-per-model best global shift as a diagnostic; plus the first-shell statistics of the real set. The data
+per-model best global shift as a diagnostic; plus the first-shell statistics of the real set. For an
+ensemble, also the coverage of its uncertainty bands and how well its domain score ranks the errors. The data
 file is for development only: nothing derived from its structures or spectra is written to disk except
 an ignored graph cache under ``cache/``.
 """
@@ -25,7 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
+from xanes_utils.calibration import coverage, rank_correlation  # noqa: E402
 from xanes_utils.compounds import first_shell  # noqa: E402
+from xanes_utils.ensemble import Ensemble, predict_ensemble  # noqa: E402
 from xanes_utils.evaluate import spectrum_mse, spectrum_pearson, mean_spectra  # noqa: E402
 from xanes_utils.graphs import N_NEIGHBOURS, build_graphs  # noqa: E402
 from xanes_utils.omnixas import fit_shift, read_jsonl, to_records  # noqa: E402
@@ -111,6 +115,17 @@ def calibrate_shift(spectra: list, n: int, workers: int = 2) -> None:
           f"{best[1]:.4f}, median Pearson r {best[2]:.3f}")
 
 
+def uncertainty_row(name: str, model: Ensemble, real: RealSet) -> str:
+    """Markdown row for an ensemble: coverage of the ±1/2/3σ bands, share flagged out of domain, and the
+    Spearman correlation of the per-site error with the domain score and with the mean σ."""
+    result = predict_ensemble(model, real.graphs)
+    cover = coverage(real.y, result.mu, result.mu_std)
+    mse = spectrum_mse(real.y, result.mu)
+    return (f"| {name} | {100 * cover[1.0]:.1f} | {100 * cover[2.0]:.1f} | {100 * cover[3.0]:.1f} | "
+            f"{100 * result.out_of_domain.mean():.1f} | {rank_correlation(result.score, mse):.2f} | "
+            f"{rank_correlation(result.mu_std.mean(axis=1), mse):.2f} |")
+
+
 def training_mean(profile_name: str = "default") -> dict[str, np.ndarray]:
     """Mean spectrum per element of the embedded data's training split (the η baseline)."""
     prep = prepare(get_profile(profile_name), None)
@@ -132,6 +147,7 @@ def main() -> None:
         calibrate_shift(read_jsonl(args.data), args.calibrate, workers=1)
     mean = training_mean()
     sets: dict[int, RealSet] = {}
+    bands: list[str] = []
     for i, path in enumerate(args.model):
         model = load_model(path)
         n = model.config.neighbours
@@ -148,6 +164,12 @@ def main() -> None:
         extra, eta = real.best_shift(pred)
         print(f"| {path} | {s['mse_median']:.4f} | {s['pearson_median']:.3f} | {s['eta_train_mean']:.2f} | "
               f"{s['eta_own_mean']:.2f} | {extra:+.2f} eV, {eta:.2f} |")
+        if isinstance(model, Ensemble):
+            bands.append(uncertainty_row(path, model, real))
+    if bands:
+        print("\n| ensemble | points within ±1σ (%) | ±2σ (%) | ±3σ (%) | sites flagged out of domain (%) "
+              "| Spearman(domain score, MSE) | Spearman(mean σ, MSE) |\n|---|---:|---:|---:|---:|---:|---:|")
+        print("\n".join(bands))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,14 @@ def test_best_shift_and_leave_one_out():
     assert rows[0]["baseline_mse"] > 10 * rows[0]["model_mse"]
     with pytest.raises(ValueError, match="a: a leave-one-out shift needs another"):
         experiment.compare([a], {"a": feff}, {"a": feff}, {"Cu": feff})
+    # the band is rescaled with the model curve: 2 x the curve is 2 x the min-max span, so σ halves
+    model = {"a": 2 * feff, "b": 2 * feff}
+    rows = experiment.compare([a, b], {"a": feff, "b": feff}, model, {"Cu": feff},
+                              model_std={"a": np.full_like(grid, 0.1), "b": np.full_like(grid, 0.1)})
+    window = np.isfinite(rows[0]["experiment"])
+    span = np.ptp(2 * feff[window])
+    assert np.allclose(rows[0]["model_std"][window], 0.1 / span) and np.isnan(rows[0]["model_std"][~window]).all()
+    assert np.allclose(rows[0]["model"][window], rows[0]["feff"][window])
 
 
 def test_metrics_by_hand():

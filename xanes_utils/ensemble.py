@@ -175,8 +175,10 @@ def member_spectra(model: XanesGAT | Ensemble, graphs: Sequence[Data], batch_siz
 
 def _train_member(task: bytes) -> tuple[dict, dict]:
     """Train one member (``task``: the pickled arguments, as plain bytes so torch does not share each
-    tensor through a file descriptor); returns its state dict and history."""
-    train_graphs, val_graphs, model_config, train_config, threads = pickle.loads(task)
+    tensor through a file descriptor, with the graphs collated: a cached graph is a view whose pickle
+    would hold the whole cache); returns its state dict and history."""
+    train_batch, val_batch, model_config, train_config, threads = pickle.loads(task)
+    train_graphs, val_graphs = train_batch.to_data_list(), val_batch.to_data_list()
     torch.set_num_threads(threads)
     model, history = train(train_graphs, val_graphs, model_config, train_config, progress=False)
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, history.as_dict()
@@ -197,7 +199,8 @@ def train_ensemble(train_graphs: Sequence[Data], val_graphs: Sequence[Data], mod
     for m in range(n_members):
         seed = train_config.seed + 1 + m
         pick = [train_graphs[i] for i in bootstrap(len(train_graphs), seed)]
-        tasks.append(pickle.dumps((pick, list(val_graphs), model_config, dataclasses.replace(train_config, seed=seed),
+        tasks.append(pickle.dumps((Batch.from_data_list(pick), Batch.from_data_list(list(val_graphs)), model_config,
+                                   dataclasses.replace(train_config, seed=seed),
                                    torch.get_num_threads() if jobs == 1 else 1)))
     if jobs > 1:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

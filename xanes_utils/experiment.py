@@ -244,12 +244,14 @@ def loo_shifts(measured: list[Measured], feff: dict[str, np.ndarray]) -> dict[st
 
 
 def compare(measured: list[Measured], feff: dict[str, np.ndarray], model: dict[str, np.ndarray],
-            baseline: dict[str, np.ndarray]) -> list[dict]:
+            baseline: dict[str, np.ndarray], model_std: dict[str, np.ndarray] | None = None) -> list[dict]:
     """Per measured spectrum: the shifts, aligned curves and metrics of FEFF, model and baseline against
     experiment.
 
     ``feff`` and ``model`` map a measured id to the multiplicity-weighted site average on the grid;
-    ``baseline`` maps an element to its mean training spectrum (the trivial prediction η is measured against).
+    ``baseline`` maps an element to its mean training spectrum (the trivial prediction η is measured against);
+    ``model_std`` (optional) maps an id to the prediction's standard deviation, returned as ``model_std``
+    in the model curve's min-max units.
     """
     shifts = loo_shifts(measured, feff)
     rows = []
@@ -257,6 +259,11 @@ def compare(measured: list[Measured], feff: dict[str, np.ndarray], model: dict[s
         shift = shifts[m.id]
         exp, feff_curve = _aligned(m, feff[m.id], shift)
         _, model_curve = _aligned(m, model[m.id], shift)
+        band = {}
+        if model_std is not None:
+            window = np.isfinite(exp)
+            span = np.ptp(model[m.id][window])
+            band["model_std"] = np.where(window, model_std[m.id] / span if span > 0 else np.nan, np.nan)
         _, base_curve = _aligned(m, baseline[m.element], shift)
         f, p, b = metrics(exp, feff_curve), metrics(exp, model_curve), metrics(exp, base_curve)
         rows.append({"id": m.id, "element": m.element, "formula": m.formula, "shift": shift,
@@ -264,7 +271,7 @@ def compare(measured: list[Measured], feff: dict[str, np.ndarray], model: dict[s
                      "energy": energy_grid(m.element), "experiment": exp, "feff": feff_curve, "model": model_curve,
                      "baseline": base_curve, **{f"feff_{k}": v for k, v in f.items()},
                      **{f"model_{k}": v for k, v in p.items()}, **{f"baseline_{k}": v for k, v in b.items()},
-                     "mse_ratio": p["mse"] / f["mse"]})
+                     "mse_ratio": p["mse"] / f["mse"], **band})
     return rows
 
 
@@ -309,8 +316,21 @@ def feff_averages(out_dir: str | Path = FEFF_DIR) -> dict[str, np.ndarray]:
     return out
 
 
-def model_averages(model) -> dict[str, np.ndarray]:
-    """Site-averaged prediction of ``model`` for every reference compound."""
+@dataclass
+class ModelAverage:
+    """A model's site-averaged prediction of a reference compound: ``mu`` [111]; with an ensemble also
+    ``std`` [111] (calibrated spread of the members' site averages) and the multiplicity-weighted mean
+    domain ``score`` of its sites (NaN for a single model) and whether any site is flagged."""
+
+    mu: np.ndarray
+    std: np.ndarray | None = None
+    score: float = float("nan")
+    out_of_domain: bool = False
+
+
+def model_averages(model) -> dict[str, ModelAverage]:
+    """Site-averaged prediction of ``model`` (one network or an ensemble) for every reference compound."""
+    from xanes_utils.ensemble import Ensemble, predict_ensemble
     from xanes_utils.graphs import build_graph
     from xanes_utils.train import predict_graphs
 
@@ -319,9 +339,15 @@ def model_averages(model) -> dict[str, np.ndarray]:
         structure = crystal.structure()
         sites = absorber_sites(structure, absorber_element(formula))
         graphs = [build_graph(structure, i, name=formula, n_neighbours=model.config.neighbours) for i, _ in sites]
-        out[formula] = site_average(list(predict_graphs(model, graphs)), [m for _, m in sites])
+        weights = [m for _, m in sites]
+        if not isinstance(model, Ensemble):
+            out[formula] = ModelAverage(site_average(list(predict_graphs(model, graphs)), weights))
+            continue
+        result = predict_ensemble(model, graphs)
+        members = np.stack([site_average(list(m), weights) for m in result.members])  # [M, 111]
+        out[formula] = ModelAverage(members.mean(0), model.scale * members.std(0, ddof=1),
+                                    float(np.average(result.score, weights=weights)), bool(result.out_of_domain.any()))
     return out
-
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
