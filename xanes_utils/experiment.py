@@ -118,9 +118,9 @@ REFERENCE_STRUCTURES: dict[str, Crystal] = {
 #: Measured compounds left out, with the reason.
 SKIPPED: dict[str, str] = {
     "Ni2O3": "no reliable ordered crystal structure (its Materials Project entry mvc-894 is hypothetical)",
-    "K2CrO4": "atomic positions not transcribed yet",
-    "Na2CrO4": "atomic positions not transcribed yet",
-    "V2O5": "atomic positions not transcribed yet",
+    "K2CrO4": "no citable source of its published atomic positions found yet (searched public CIF collections)",
+    "Na2CrO4": "no citable source of its published atomic positions found yet (searched public CIF collections)",
+    "V2O5": "no citable source of its published atomic positions found yet (searched public CIF collections)",
 }
 
 
@@ -185,12 +185,12 @@ def reference_jobs() -> tuple[list, dict[str, dict]]:
 
 
 def absorber_sites(structure: Structure, element: str) -> list[tuple[int, int]]:
-    """(representative index, multiplicity) of every symmetry-distinct ``element`` site."""
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+    """(representative index, multiplicity) of every symmetry-distinct ``element`` site (the lowest index of
+    each set of :func:`xanes_utils.prediction.equivalent_sites`)."""
+    from xanes_utils.prediction import equivalent_sites
 
-    sym = SpacegroupAnalyzer(structure, symprec=0.01).get_symmetrized_structure()
-    return [(group[0], len(group)) for group in sym.equivalent_indices
-            if structure[group[0]].specie.symbol == element]
+    groups = dict.fromkeys(equivalent_sites(structure).values())
+    return [(group[0], len(group)) for group in groups if structure[group[0]].specie.symbol == element]
 
 
 def site_average(spectra: list[np.ndarray], multiplicities: list[int]) -> np.ndarray:
