@@ -10,36 +10,17 @@ and its size; reported as the share of sites with an anion (non-metal) first she
 from __future__ import annotations
 
 import argparse
-import collections
 import sys
 from pathlib import Path
 
-from pymatgen.core import Element, Structure
+from pymatgen.core import Structure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
-from xanes_utils.compounds import first_shell  # noqa: E402
+from xanes_utils.compounds import shell_statistics  # noqa: E402
 from xanes_utils.dataset import load_dataset  # noqa: E402
 from xanes_utils.io import read_json  # noqa: E402
-
-
-def summary(sites: list[tuple[Structure, int]]) -> str:
-    """One line of first-shell statistics over (structure, site) pairs."""
-    species, numbers = collections.Counter(), collections.Counter()
-    anion = metallic = 0
-    for structure, site in sites:
-        shell = first_shell(structure, site)
-        top = collections.Counter(shell).most_common(1)[0][0] if shell else "-"
-        species[top] += 1
-        numbers[len(shell)] += 1
-        anion += top != "-" and not Element(top).is_metal
-        metallic += len(shell) >= 10
-    n = len(sites)
-    top_species = ", ".join(f"{k} {100 * v / n:.0f} %" for k, v in species.most_common(5))
-    top_cn = ", ".join(f"{k}: {100 * v / n:.0f} %" for k, v in numbers.most_common(4))
-    return (f"{n} sites; anion first shell {100 * anion / n:.0f} %, metallic-like (>= 10) {100 * metallic / n:.0f} %; "
-            f"species {top_species}; coordination {top_cn}")
 
 
 def main() -> None:
@@ -55,8 +36,9 @@ def main() -> None:
     print(f"Machine: {describe()}\n")
     print("| set | first-shell statistics |\n|---|---|")
     for name, sites in (("embedded dataset", data_sites), (args.plan, plan_sites)):
-        print(f"| {name}, all | {summary([(s, i) for s, i, _ in sites])} |")
-        print(f"| {name}, {args.element} | {summary([(s, i) for s, i, el in sites if el == args.element])} |")
+        print(f"| {name}, all | {shell_statistics((s, i) for s, i, _ in sites).summary()} |")
+        print(f"| {name}, {args.element} | "
+              f"{shell_statistics((s, i) for s, i, el in sites if el == args.element).summary()} |")
 
 
 if __name__ == "__main__":

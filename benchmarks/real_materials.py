@@ -17,7 +17,6 @@ an ignored graph cache under ``cache/``.
 from __future__ import annotations
 
 import argparse
-import collections
 import hashlib
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
 from xanes_utils.calibration import coverage, rank_correlation  # noqa: E402
-from xanes_utils.compounds import first_shell  # noqa: E402
+from xanes_utils.compounds import shell_statistics  # noqa: E402
 from xanes_utils.ensemble import Ensemble, predict_ensemble  # noqa: E402
 from xanes_utils.evaluate import spectrum_mse, spectrum_pearson, mean_spectra  # noqa: E402
 from xanes_utils.graphs import N_NEIGHBOURS, build_graphs  # noqa: E402
@@ -77,18 +76,6 @@ class RealSet:
             eta = np.median(spectrum_mse(y, self.train_mean)) / np.median(spectrum_mse(y, pred))
             best = max(best, (float(extra), float(eta)), key=lambda t: t[1])
         return best
-
-    def shell_statistics(self) -> str:
-        """First-shell species and coordination numbers of the absorbing sites, as percentages."""
-        species, numbers = collections.Counter(), collections.Counter()
-        for r in self.records:
-            shell = first_shell(r.structure, r.site)
-            species[collections.Counter(shell).most_common(1)[0][0] if shell else "-"] += 1
-            numbers[len(shell)] += 1
-        n = len(self.records)
-        top = ", ".join(f"{k} {100 * v / n:.0f} %" for k, v in species.most_common(6))
-        cn = ", ".join(f"{k}: {100 * v / n:.0f} %" for k, v in sorted(numbers.items()) if v / n >= 0.02)
-        return f"first-shell species {top}; coordination numbers {cn}"
 
 
 def calibrate_shift(spectra: list, n: int, workers: int = 2) -> None:
@@ -156,7 +143,8 @@ def main() -> None:
         real = sets[n]
         if i == 0:
             print(f"Machine: {describe()}; {len(real.records)} sites of {len({r.material_id for r in real.records})} "
-                  f"materials; global shift {real.shift:+.1f} eV; {real.shell_statistics()}\n")
+                  f"materials; global shift {real.shift:+.1f} eV; first shells: "
+                  f"{shell_statistics((r.structure, r.site) for r in real.records).summary(n_species=6)}\n")
             print("| model | median MSE | median Pearson r | η (our training mean) | η (set's own mean) "
                   "| best extra shift, η |\n|---|---:|---:|---:|---:|---:|")
         pred = predict_graphs(model, real.graphs)

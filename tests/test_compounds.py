@@ -6,6 +6,7 @@ from pymatgen.core import Lattice, Structure
 
 from xanes_utils.compounds import (
     anion_coordinated, compound_library, compound_sites, first_shell, likelihood, rank, relaxed_ids,
+    shell_statistics,
 )
 from xanes_utils.structures import SourceStructure, substitute
 
@@ -24,6 +25,16 @@ def test_first_shell_and_anion_coordination():
     assert first_shell(nio().structure, 0) == ["O"] * 6
     assert anion_coordinated(nio().structure, 0)
     assert not anion_coordinated(nial().structure, 0)  # 8 Al: a metallic first shell
+
+
+def test_shell_statistics_count_majority_species_and_coordination():
+    cu = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.61), ["Cu"], [[0, 0, 0]])
+    stats = shell_statistics([(nio().structure, 0), (nio().structure, 0), (nial().structure, 0), (cu, 0)])
+    assert stats.sites == 4 and stats.anion == 2 and stats.metallic == 1  # fcc Cu: 12; NiAl: 8 Al
+    assert stats.species == {"O": 2, "Al": 1, "Cu": 1} and stats.coordination == {6: 2, 8: 1, 12: 1}
+    assert stats.summary(n_species=1, n_coordination=1) == (
+        "4 sites; anion first shell 50 %, metallic-like (>= 10) 25 %; species O 50 %; coordination 6: 50 %")
+    assert shell_statistics([]).summary() == "0 sites"
 
 
 def test_library_keeps_ionic_structures_and_their_anion_coordinated_sites():

@@ -33,9 +33,44 @@ def test_published_structures_have_their_first_shells(formula, n, low, high):
     assert len(shell) == n and low <= shell[0] and shell[-1] <= high
 
 
+#: Z and, per bond-valence oxidation state of the absorber, its first-shell Cr/Mn-O bands (count, low, high
+#: in Å) in order of distance: Mn3O4 (Jarosch 1987) tetrahedral Mn2+ 4 x 2.04, Jahn-Teller octahedral Mn3+
+#: 4 x 1.93 + 2 x 2.28; K2Cr2O7 (Weakley et al. 2004) three terminal Cr-O 1.60-1.62 and one bridging 1.78-1.79.
+ADDED_SHELLS = {
+    "Mn3O4": (4, {2: [(4, 2.03, 2.05)], 3: [(4, 1.92, 1.94), (2, 2.27, 2.30)]}),
+    "K2Cr2O7": (4, {6: [(3, 1.59, 1.63), (1, 1.77, 1.80)]}),
+}
+
+
+@pytest.mark.parametrize("formula", sorted(ADDED_SHELLS))
+def test_added_structures_are_neutral_and_have_their_published_first_shells(formula):
+    from pymatgen.analysis.bond_valence import BVAnalyzer
+
+    from xanes_utils.structures import closest_pair
+
+    z, bands = ADDED_SHELLS[formula]
+    structure = experiment.REFERENCE_STRUCTURES[formula].structure()
+    assert structure.composition.get_reduced_formula_and_factor() == (formula, z)
+    assert closest_pair(structure)[0] > 1.5  # no overlapping atoms: the shortest bond is Cr-O ~1.60 A
+    valences = BVAnalyzer().get_valences(structure)
+    assert sum(valences) == 0
+    seen = set()
+    for site, _ in experiment.absorber_sites(structure, experiment.absorber_element(formula)):
+        seen.add(valences[site])
+        shell = sorted(nb.nn_distance for nb in structure.get_neighbors(structure[site], 2.5))
+        assert len(shell) == sum(n for n, _, _ in bands[valences[site]]), (site, shell)
+        start = 0
+        for n, low, high in bands[valences[site]]:
+            assert all(low <= d <= high for d in shell[start:start + n]), (site, shell)
+            start += n
+    assert seen == set(bands)
+
+
 def test_sites_and_multiplicity_weighted_average():
     sites = experiment.absorber_sites(experiment.REFERENCE_STRUCTURES["Mn2O3"].structure(), "Mn")
     assert sorted(m for _, m in sites) == [8, 24]
+    sites = experiment.absorber_sites(experiment.REFERENCE_STRUCTURES["Mn3O4"].structure(), "Mn")
+    assert sorted(m for _, m in sites) == [4, 8]
     avg = experiment.site_average([np.zeros(3), np.ones(3)], [8, 24])
     assert np.allclose(avg, 0.75)
 

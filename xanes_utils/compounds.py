@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections import Counter
+from collections.abc import Iterable
 from functools import lru_cache
 
 import numpy as np
@@ -39,6 +41,49 @@ def first_shell_neighbours(structure: Structure, site: int, cutoff: float = 5.0)
 def first_shell(structure: Structure, site: int, cutoff: float = 5.0) -> list[str]:
     """Sorted species symbols of the absorber's first shell (see :func:`first_shell_neighbours`)."""
     return sorted(nb.specie.symbol for nb in first_shell_neighbours(structure, site, cutoff))
+
+
+#: A first shell of this many atoms or more is metallic-like (close packing: 12; bcc: 8 + 6 within 0.3 Å).
+METALLIC_SHELL = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class ShellStatistics:
+    """First-shell chemistry of a set of absorbing sites (:func:`shell_statistics`): counts of each site's
+    majority first-shell species (``"-"`` for none) and of first-shell sizes, and how many sites have a
+    non-metal majority species (``anion``) or ``METALLIC_SHELL`` or more first-shell atoms (``metallic``)."""
+
+    sites: int
+    species: Counter
+    coordination: Counter
+    anion: int
+    metallic: int
+
+    def summary(self, n_species: int = 5, n_coordination: int = 4) -> str:
+        """One line: the anion and metallic-like shares, the most common species and coordination numbers."""
+        if not self.sites:
+            return "0 sites"
+        n = self.sites
+        species = ", ".join(f"{k} {100 * v / n:.0f} %" for k, v in self.species.most_common(n_species))
+        numbers = ", ".join(f"{k}: {100 * v / n:.0f} %" for k, v in self.coordination.most_common(n_coordination))
+        return (f"{n} sites; anion first shell {100 * self.anion / n:.0f} %, metallic-like (>= {METALLIC_SHELL}) "
+                f"{100 * self.metallic / n:.0f} %; species {species}; coordination {numbers}")
+
+
+def shell_statistics(sites: Iterable[tuple[Structure, int]]) -> ShellStatistics:
+    """:class:`ShellStatistics` of the first shells (:func:`first_shell`) of (structure, site) pairs."""
+    species: Counter = Counter()
+    numbers: Counter = Counter()
+    anion = metallic = n = 0
+    for structure, site in sites:
+        shell = first_shell(structure, site)
+        top = Counter(shell).most_common(1)[0][0] if shell else "-"
+        species[top] += 1
+        numbers[len(shell)] += 1
+        anion += top != "-" and not Element(top).is_metal
+        metallic += len(shell) >= METALLIC_SHELL
+        n += 1
+    return ShellStatistics(n, species, numbers, anion, metallic)
 
 
 def anion_coordinated(structure: Structure, site: int) -> bool:

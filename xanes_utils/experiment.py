@@ -98,16 +98,29 @@ REFERENCE_STRUCTURES: dict[str, Crystal] = {
                        "alpha-NaFeO2 type; Akimoto, Gotoh & Oosawa, J. Solid State Chem. 141, 298 (1998)"),
     "LiNiO2": _layered(2.8779, 14.1934, "Ni", 0.2413, "alpha-NaFeO2 type, ideal Li/Ni order (real samples "
                        "hold a few % Ni on Li sites); Hirano et al., Solid State Ionics 78, 123 (1995)"),
+    "Mn3O4": Crystal("I4_1/amd", (5.765, 5.765, 9.442, 90, 90, 90), ("Mn", "Mn", "O"),
+                     ((0, 0, 0), (0, 0.25, 0.625), (0, 0.2222, 0.3839)),
+                     "hausmannite, origin choice 1: Mn2+ on 4a (tetrahedral), Mn3+ on 8d (Jahn-Teller octahedra); "
+                     "Jarosch, Mineral. Petrol. 37, 15 (1987), as in pymatgen's AFLOW prototype A3B4_tI28_141_ad_h"),
+    "K2Cr2O7": Crystal(
+        "P-1", (7.3807, 7.4593, 13.3910, 96.205, 98.033, 90.914), ("Cr",) * 4 + ("K",) * 4 + ("O",) * 14,
+        ((0.59179, 0.76891, 0.60724), (0.79289, 0.80674, 0.41375), (0.81711, 0.42584, 0.11354),
+         (0.81344, 0.15250, -0.08323), (1.10341, 0.66917, 0.64038), (0.25001, 0.76710, 0.34950),
+         (0.66252, -0.08518, 0.15847), (0.69509, 0.65240, -0.13583), (0.7201, 0.6124, 0.64937),
+         (0.5550, 0.9102, 0.70198), (0.4024, 0.6849, 0.54525), (0.7076, 0.8937, 0.52700), (0.9595, 0.6749, 0.44295),
+         (0.8687, 0.9709, 0.36065), (0.6345, 0.6952, 0.33667), (0.6891, 0.2927, 0.16402), (0.9757, 0.5181, 0.19989),
+         (0.6948, 0.5751, 0.06114), (0.9299, 0.2957, 0.02274), (0.6919, -0.0006, -0.04330),
+         (0.9600, 0.0608, -0.14886), (0.6770, 0.2738, -0.15168)),
+        "triclinic phase II (lopezite), 296 K, Z = 4: two Cr2O7 dimers of corner-sharing CrO4 tetrahedra; "
+        "Weakley et al., Acta Cryst. B 60, 705 (2004) (COD 2102644)"),
 }
 
 #: Measured compounds left out, with the reason.
 SKIPPED: dict[str, str] = {
     "Ni2O3": "no reliable ordered crystal structure (its Materials Project entry mvc-894 is hypothetical)",
-    "K2Cr2O7": "triclinic, 52 atoms per cell: atomic positions not transcribed yet",
-    "K2CrO4": "atomic positions not transcribed yet",
-    "Na2CrO4": "atomic positions not transcribed yet",
-    "Mn3O4": "atomic positions not transcribed yet",
-    "V2O5": "atomic positions not transcribed yet",
+    "K2CrO4": "no citable source of its published atomic positions found yet (searched public CIF collections)",
+    "Na2CrO4": "no citable source of its published atomic positions found yet (searched public CIF collections)",
+    "V2O5": "no citable source of its published atomic positions found yet (searched public CIF collections)",
 }
 
 
@@ -172,12 +185,12 @@ def reference_jobs() -> tuple[list, dict[str, dict]]:
 
 
 def absorber_sites(structure: Structure, element: str) -> list[tuple[int, int]]:
-    """(representative index, multiplicity) of every symmetry-distinct ``element`` site."""
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+    """(representative index, multiplicity) of every symmetry-distinct ``element`` site (the lowest index of
+    each set of :func:`xanes_utils.prediction.equivalent_sites`)."""
+    from xanes_utils.prediction import equivalent_sites
 
-    sym = SpacegroupAnalyzer(structure, symprec=0.01).get_symmetrized_structure()
-    return [(group[0], len(group)) for group in sym.equivalent_indices
-            if structure[group[0]].specie.symbol == element]
+    groups = dict.fromkeys(equivalent_sites(structure).values())
+    return [(group[0], len(group)) for group in groups if structure[group[0]].specie.symbol == element]
 
 
 def site_average(spectra: list[np.ndarray], multiplicities: list[int]) -> np.ndarray:

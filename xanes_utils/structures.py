@@ -33,7 +33,6 @@ import numpy as np
 
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Element, Species, Structure
-from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from xanes_utils.elements import ELEMENTS
 
@@ -204,9 +203,12 @@ def supported_absorbers(structure: Structure) -> list[str]:
 
 
 def distinct_sites(structure: Structure, element: str, symprec: float = 0.01) -> list[int]:
-    """Indices of one representative site per symmetry-equivalent set of ``element`` sites."""
-    sym = SpacegroupAnalyzer(structure, symprec=symprec).get_symmetrized_structure()
-    return sorted(group[0] for group in sym.equivalent_indices if structure[group[0]].specie.symbol == element)
+    """Indices of one representative site (the lowest index) per symmetry-equivalent set of ``element``
+    sites, from :func:`xanes_utils.prediction.equivalent_sites`."""
+    from xanes_utils.prediction import equivalent_sites  # prediction imports this module
+
+    return sorted({group[0] for group in equivalent_sites(structure, symprec).values()
+                   if structure[group[0]].specie.symbol == element})
 
 
 def validate_structure(structure: Structure, name: str = "structure") -> None:
