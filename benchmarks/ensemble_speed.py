@@ -4,7 +4,7 @@ Two measurements, each interleaved (member, ensemble, member, ...) ``--repeat`` 
 
 * graphs: spectra/s from prebuilt graphs (``predict_graphs`` / ``predict_ensemble``, batch 512) of the
   embedded test split;
-* structures: spectra/s of ``xanes_utils.predict`` on the 15 published reference structures of notebook 07
+* structures: spectra/s of ``xanes_utils.predict`` on the published reference structures of notebook 07
   (symmetry analysis and graph building included).
 
     python benchmarks/ensemble_speed.py [--repeat 5]
