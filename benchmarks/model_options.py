@@ -52,7 +52,7 @@ def parse_variant(text: str, base: ModelConfig) -> ModelConfig:
 
 
 def run_one(profile_name: str, config: ModelConfig, seed: int, real_path: str | None,
-            save: str | None, tag: str) -> list[float]:
+            save: str | None, tag: str, data: str | None = None) -> list[float]:
     """Train one seed of one variant; return [test MSE, R², η, uniform heads, real η (2), ...]."""
     import torch
 
@@ -63,7 +63,7 @@ def run_one(profile_name: str, config: ModelConfig, seed: int, real_path: str | 
 
     torch.set_num_threads(1)
     profile = get_profile(profile_name)
-    prep = prepare(profile, None, n_neighbours=config.neighbours)
+    prep = prepare(profile, data, n_neighbours=config.neighbours)
     tr, va, te = prep.subset("train"), prep.subset("val"), prep.subset("test")
     baseline = mean_spectra(stack_targets(tr), [g.element for g in tr])
     train_config = TrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr, seed=seed)
@@ -94,17 +94,19 @@ def main() -> None:
     parser.add_argument("--real", default=None, help="real-materials JSON-lines file (OmniXAS format)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel training processes")
     parser.add_argument("--save", default=None, help="directory for the checkpoints")
+    parser.add_argument("--data", default=None, help="dataset to train and test on (default: the embedded one)")
     args = parser.parse_args()
     profile = get_profile(args.profile)
     base = getattr(ModelConfig, profile.model)()
     configs = [parse_variant(v, base) for v in args.variants]
     # seed-major order: an interrupted run still has every variant's first seeds
-    tasks = [(profile.name, c, seed, args.real, args.save, f"v{i}") for seed in range(args.seeds)
+    tasks = [(profile.name, c, seed, args.real, args.save, f"v{i}", args.data) for seed in range(args.seeds)
              for i, c in enumerate(configs)]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:  # CUDA-safe
         done = dict(zip([(t[5], t[2]) for t in tasks], pool.map(run_one, *zip(*tasks))))
     results = [done[(f"v{i}", seed)] for i in range(len(configs)) for seed in range(args.seeds)]
-    print(f"Machine: {describe()}; profile {profile.name}, {args.seeds} seeds, {args.jobs} parallel processes\n")
+    print(f"Machine: {describe()}; profile {profile.name}, {args.seeds} seeds, {args.jobs} parallel processes; "
+          f"data {args.data or 'embedded'}\n")
     header = "| variant | test MSE median | flattened R² | η | uniform heads |"
     if args.real:
         header += " real η (our mean) | real η (own mean) | real Pearson r |"

@@ -40,7 +40,7 @@ from torch_geometric.loader import DataLoader
 from xanes_utils.dataset import DATA_DIR
 from xanes_utils.io import write_checksummed
 from xanes_utils.model import ModelConfig, XanesGAT
-from xanes_utils.train import TrainConfig, predict_graphs, read_payload, stack_targets, train
+from xanes_utils.train import TrainConfig, read_payload, stack_targets, train
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +128,12 @@ class EnsemblePrediction:
 def _run(model: Ensemble, graphs: Sequence[Data], batch_size: int) -> tuple[Tensor, Tensor]:
     """Member spectra [M, n, out] and embeddings [M, n, d] of ``graphs`` (each batch collated once)."""
     model.eval()
+    device = next(model.parameters()).device
     outs, embs = [], []
     for b in DataLoader(list(graphs), batch_size=batch_size):
-        out, emb = model(b, embeddings=True)
-        outs.append(out)
-        embs.append(emb)
+        out, emb = model(b.to(device), embeddings=True)
+        outs.append(out.cpu())
+        embs.append(emb.cpu())
     return torch.cat(outs, dim=1), torch.cat(embs, dim=1)
 
 
@@ -162,13 +163,6 @@ def _mean_std(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation (ddof 1; 0 for one member) over the members axis of [M, ...]."""
     std = members.std(axis=0, ddof=1) if members.shape[0] > 1 else np.zeros_like(members[0])
     return members.mean(axis=0), std
-
-
-def member_spectra(model: XanesGAT | Ensemble, graphs: Sequence[Data], batch_size: int = 512) -> np.ndarray:
-    """Spectra [M, n, out] of every member (M = 1 for a single model)."""
-    if isinstance(model, Ensemble):
-        return predict_ensemble(model, graphs, batch_size).members
-    return predict_graphs(model, graphs, batch_size)[None]
 
 
 # ----------------------------------------------------------------------------------------- training
