@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
+from torch_geometric.loader import DataLoader
+
+if TYPE_CHECKING:
+    from xanes_utils.model import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -118,15 +122,41 @@ class DenseGraphs:
         """Batches in order, or shuffled in the order PyG's ``DataLoader(shuffle=True, generator=...)`` draws
         from the same generator; ``drop_last`` drops a last partial batch."""
         n = len(self)
-        if shuffle:
-            # DataLoader draws a base seed for its workers from the generator, then RandomSampler a permutation
+        if shuffle:  # DataLoader draws a base seed for its workers, RandomSampler a permutation and, once it
+            # is exhausted, the permutation of its empty remainder (num_samples % n)
             torch.empty((), dtype=torch.int64).random_(generator=generator)
             order = torch.randperm(n, generator=generator)
+            torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             yield self.select(order[start:start + batch_size])
+
+
+def collate_for(config: ModelConfig, graphs: Sequence[Data] | DenseGraphs) -> Sequence[Data] | DenseGraphs:
+    """``graphs`` as a model of ``config`` reads them fastest: pre-collated :class:`DenseGraphs` for the fast
+    implementation, the list of PyG graphs for the reference (DenseGraphs are passed through)."""
+    if isinstance(graphs, DenseGraphs) or config.implementation != "fast" or not len(graphs):
+        return graphs
+    return DenseGraphs.from_graphs(graphs, config.neighbours, config.angular)
+
+
+class GraphLoader:
+    """Re-iterable batches of :func:`collate_for`'s output with :class:`torch_geometric.loader.DataLoader`'s
+    ``batch_size``, ``shuffle``, ``generator`` and ``drop_last`` (and its batch order for the same generator)."""
+
+    def __init__(self, graphs: Sequence[Data] | DenseGraphs, batch_size: int, shuffle: bool = False,
+                 generator: torch.Generator | None = None, drop_last: bool = False) -> None:
+        self.graphs, self.batch_size, self.shuffle = graphs, batch_size, shuffle
+        self.generator, self.drop_last = generator, drop_last
+
+    def __iter__(self) -> Iterator[DenseGraphs | Batch]:
+        if isinstance(self.graphs, DenseGraphs):
+            return self.graphs.batches(self.batch_size, self.shuffle, self.generator, self.drop_last)
+        loader: Iterable = DataLoader(list(self.graphs), batch_size=self.batch_size, shuffle=self.shuffle,
+                                      generator=self.generator, drop_last=self.drop_last)
+        return iter(loader)
 
 
 class Slots(NamedTuple):
