@@ -49,9 +49,12 @@ Implementations (``ModelConfig.implementation``), sharing parameters and state_d
   weighted by element counts. The attention input ``W_f [x_i, x_j, x_i - x_j, e]`` is split
   into absorber, element and edge terms, and ``w . (q * W_k f)`` is computed as
   ``(W_k^T (w * q)) . f``, so no per-edge matrix product wider than the 65 edge features remains.
-  Edges are processed as dense [B, n] slots (n = ``neighbours``; masked sums and a masked softmax, no scatter).
+  Neighbours of one absorber with the same element and edge inputs give identical terms: they share a
+  counted slot (:mod:`xanes_utils.dense`), and sums and the softmax over neighbours run over the slots
+  weighted by their counts (6.9 slots instead of 20 neighbours on average on the embedded records).
   Non-absorber features are taken from the orbital table by ``z`` (as :mod:`xanes_utils.graphs`
-  builds them), absorber features from ``x``.
+  builds them), absorber features from ``x``. It reads :class:`xanes_utils.dense.DenseGraphs` (PyG
+  batches are collated into them on each call; pre-collate with :func:`xanes_utils.dense.collate_for`).
 """
 
 from __future__ import annotations
@@ -316,7 +319,7 @@ class XanesGAT(nn.Module):
         ``"attention"`` [B, heads * head_dim], ``"mlp1"``.. [B, d] (after PReLU);
         ``"attention_weights"`` [B, n, heads] (n = ``config.neighbours``; 0 on dummy edges, each head's row
         sums to 1 over the real neighbours); ``"absorber"``: a dict of the absorber node's activations per layer.
-        ``implementation`` overrides ``config.implementation`` for this call.
+        ``implementation`` overrides ``config.implementation`` for this call; ``DenseGraphs`` need the fast one.
         """
         impl = implementation or self.config.implementation
         if impl not in IMPLEMENTATIONS:
