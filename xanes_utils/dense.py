@@ -24,6 +24,8 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
+from xanes_utils.graphs import MAX_Z
+
 if TYPE_CHECKING:
     from xanes_utils.model import ModelConfig
 
@@ -162,7 +164,8 @@ class GraphLoader:
 class Slots(NamedTuple):
     """The used slots of a batch, flattened: ``inputs`` [S, edge_dim], ``z`` [S], ``graph`` [S] (the
     batch row of each slot, ascending), ``count`` [S] float; ``n_graphs`` B and ``edge_index`` [B, n]
-    (the flat slot of each neighbour edge; any slot on dummy edges)."""
+    (the flat slot of each neighbour edge; any slot on dummy edges). Slots of one graph and element form
+    a *pair* (P of them): ``pair`` [S] is each slot's, ``pair_graph`` [P] and ``pair_z`` [P] describe them."""
 
     inputs: Tensor
     z: Tensor
@@ -170,6 +173,9 @@ class Slots(NamedTuple):
     count: Tensor
     n_graphs: int
     edge_index: Tensor
+    pair: Tensor
+    pair_graph: Tensor
+    pair_z: Tensor
 
     @classmethod
     def of(cls, dense: DenseGraphs) -> Slots:
@@ -178,8 +184,10 @@ class Slots(NamedTuple):
         per_graph = used.sum(1)
         first = torch.cumsum(per_graph, 0) - per_graph
         graph = torch.arange(len(dense), device=used.device).repeat_interleave(per_graph)
-        return cls(dense.slot_inputs[used], dense.slot_z[used], graph, dense.slot_count[used], len(dense),
-                   first.unsqueeze(1) + dense.edge_slot)
+        z = dense.slot_z[used]
+        pairs, pair = torch.unique(graph * (MAX_Z + 1) + z, return_inverse=True)
+        return cls(dense.slot_inputs[used], z, graph, dense.slot_count[used], len(dense),
+                   first.unsqueeze(1) + dense.edge_slot, pair, pairs // (MAX_Z + 1), pairs % (MAX_Z + 1))
 
     def graph_sum(self, values: Tensor) -> Tensor:
         """Per-graph sums [B, ...] of per-slot ``values`` [S, ...] (not weighted by the counts)."""
@@ -188,3 +196,11 @@ class Slots(NamedTuple):
     def per_slot(self, values: Tensor) -> Tensor:
         """Per-graph ``values`` [B, ...] repeated for each slot of the graph: [S, ...]."""
         return values.index_select(0, self.graph)
+
+    def pair_sum(self, values: Tensor) -> Tensor:
+        """Per-pair sums [P, ...] of per-slot ``values`` [S, ...]."""
+        return values.new_zeros((self.pair_z.shape[0], *values.shape[1:])).index_add_(0, self.pair, values)
+
+    def pair_graph_sum(self, values: Tensor) -> Tensor:
+        """Per-graph sums [B, ...] of per-pair ``values`` [P, ...]."""
+        return values.new_zeros((self.n_graphs, *values.shape[1:])).index_add_(0, self.pair_graph, values)

@@ -207,16 +207,17 @@ class StarConv(MessagePassing):
         """h_i = Linear(x_i + sum_j m_ij): [N, d_out] (before BatchNorm)."""
         return self.lin(x + aggr_out)
 
-    def forward_fast(self, absorber: Tensor, table: Tensor, slots: Slots, slot_row: Tensor, table_weight: Tensor
+    def forward_fast(self, absorber: Tensor, table: Tensor, slots: Slots, pair_row: Tensor, table_weight: Tensor
                      ) -> tuple[Tensor, Tensor]:
         """Fast path: absorbers [B, d_in] and element table [U, d_in] -> ([B, d_out], [U, d_out]).
 
-        ``slots`` are the batch's neighbour slots (:class:`xanes_utils.dense.Slots`), ``slot_row`` [S] the
-        table row of each slot's element; ``table_weight`` [U] counts each element among the readout nodes
-        (BatchNorm statistics).
+        ``slots`` are the batch's neighbour slots (:class:`xanes_utils.dense.Slots`), ``pair_row`` [P] the
+        table row of each (graph, element) pair's element; ``table_weight`` [U] counts each element among the
+        readout nodes (BatchNorm statistics).
         """
         gate = F.elu(self.lin_edge(slots.inputs))  # [S, d_in]
-        summed = slots.graph_sum(gate * table.index_select(0, slot_row) * slots.count.unsqueeze(1))
+        per_pair = slots.pair_sum(gate * slots.count.unsqueeze(1))  # sum_j ELU(W_e e_ij) over a pair's neighbours
+        summed = slots.pair_graph_sum(per_pair * table.index_select(0, pair_row))  # times x_j, the element's row
         rows = torch.cat([self.lin(absorber + summed), self.lin(table)])
         weight = torch.cat([table_weight.new_ones(absorber.shape[0]), table_weight])
         out = weighted_batch_norm(self.bn, rows, weight)
@@ -263,14 +264,15 @@ class StarAttentionHead(MessagePassing):
         """Linear(x_i + sum_j s_ij f_ij): [N, d_head] (before BatchNorm)."""
         return self.lin(x + aggr_out)
 
-    def forward_fast(self, absorber: Tensor, table: Tensor, slots: Slots, slot_row: Tensor, table_weight: Tensor
+    def forward_fast(self, absorber: Tensor, table: Tensor, slots: Slots, pair_row: Tensor, table_weight: Tensor
                      ) -> tuple[Tensor, Tensor, Tensor]:
         """Fast path (arguments as :meth:`StarConv.forward_fast`); also returns the weight of one neighbour
         of each slot [S] (the softmax over the absorber's neighbours)."""
         n_graphs, d = absorber.shape[0], self.in_dim
         w_i, w_j, w_diff, w_e = self.lin_f.weight.split([d, d, d, self.edge_dim], dim=1)
-        f = F.elu(F.linear(slots.inputs, w_e) + slots.per_slot(F.linear(absorber, w_i + w_diff, self.lin_f.bias))
-                  + F.linear(table, w_j - w_diff).index_select(0, slot_row))  # [S, d_in]
+        pair_term = (F.linear(absorber, w_i + w_diff, self.lin_f.bias).index_select(0, slots.pair_graph)
+                     + F.linear(table, w_j - w_diff).index_select(0, pair_row))  # absorber + element terms: [P, d_in]
+        f = F.elu(torch.addmm(pair_term.index_select(0, slots.pair), slots.inputs, w_e.t()))  # [S, d_in]
         query = self.att * self.lin_q(absorber)  # w * q_i: [B, d_head]
         key_vec = query @ self.lin_k.weight  # W_k^T (w * q_i): [B, d_in]
         key_bias = query @ self.lin_k.bias  # (w * q_i) . b_k: [B]
@@ -435,11 +437,11 @@ class XanesGAT(nn.Module):
         elements = torch.unique(present)
         lookup = torch.zeros(MAX_Z + 1, dtype=torch.long, device=present.device)
         lookup[elements] = torch.arange(elements.numel(), device=present.device)
-        slot_row = lookup[slots.z]
+        pair_row = lookup[slots.pair_z]
         dtype = dense.x.dtype
         if self.config.readout == "local":  # counts [B, U] of each element among the pooled nodes
-            counts = dense.x.new_zeros(n_graphs, elements.numel()).index_put_((slots.graph, slot_row), slots.count,
-                                                                              accumulate=True)
+            counts = dense.x.new_zeros(n_graphs, elements.numel()).index_put_(
+                (slots.pair_graph, pair_row), slots.pair_sum(slots.count), accumulate=True)
         else:
             counts = dense.cell_counts[:, elements].to(dtype)
         table_weight = counts.sum(0)
@@ -451,10 +453,10 @@ class XanesGAT(nn.Module):
         a, t = dense.x, self.orbital_table[elements].to(dtype)
         pooled, absorber = {}, {}
         for i, conv in enumerate(self.convs, start=1):
-            a, t = conv.forward_fast(a, t, slots, slot_row, table_weight)
+            a, t = conv.forward_fast(a, t, slots, pair_row, table_weight)
             if internals:
                 pooled[f"conv{i}"], absorber[f"conv{i}"] = pool(a, t), a
-        outs = [head.forward_fast(a, t, slots, slot_row, table_weight) for head in self.heads]
+        outs = [head.forward_fast(a, t, slots, pair_row, table_weight) for head in self.heads]
         a = torch.cat([o[0] for o in outs], dim=-1)
         t = torch.cat([o[1] for o in outs], dim=-1)
         pooled["attention"], absorber["attention"] = pool(a, t), a
