@@ -169,9 +169,10 @@ def weighted_batch_norm(bn: nn.BatchNorm1d, h: Tensor, weight: Tensor) -> Tensor
         n = float(weight.sum())
         if bn.training and n <= 1.0:
             raise ValueError(f"BatchNorm in training mode needs more than one node (got weight {n})")
-        w = weight.to(h.dtype).unsqueeze(1)
-        mean = (w * h).sum(0) / n
-        var = (w * (h - mean) ** 2).sum(0) / n
+        w = weight.to(h.dtype)
+        mean = (w @ h) / n
+        centred = h - mean
+        var = (w @ centred.square()) / n
         if bn.training and bn.track_running_stats:
             with torch.no_grad():
                 bn.num_batches_tracked.add_(1)
@@ -179,9 +180,9 @@ def weighted_batch_norm(bn: nn.BatchNorm1d, h: Tensor, weight: Tensor) -> Tensor
                 bn.running_mean.mul_(1.0 - factor).add_(factor * mean)
                 bn.running_var.mul_(1.0 - factor).add_(factor * var * n / (n - 1.0))
     else:
-        mean, var = bn.running_mean, bn.running_var
-    out = (h - mean) * torch.rsqrt(var + bn.eps)
-    return out * bn.weight + bn.bias if bn.affine else out
+        centred, var = h - bn.running_mean, bn.running_var
+    out = centred * torch.rsqrt(var + bn.eps)
+    return torch.addcmul(bn.bias, out, bn.weight) if bn.affine else out
 
 
 class StarConv(MessagePassing):
