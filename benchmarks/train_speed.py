@@ -13,7 +13,10 @@ order alternates), after one warm-up epoch each; we report the best and the medi
 wall second and per CPU second of this process. FLOPs are torch.utils.flop_counter's count (matrix products)
 over one epoch; GFLOP/s = FLOPs per graph x graphs per CPU second (median).
 
-    python benchmarks/train_speed.py [--n 640] [--repeats 5] [--threads 1] [--profile]
+With ``--compile`` a third row runs our model through ``torch.compile(dynamic=True)`` (its compilation
+happens in the untimed warm-up; its FLOPs are ours).
+
+    python benchmarks/train_speed.py [--n 640] [--repeats 5] [--threads 1] [--profile] [--compile]
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from xanes_utils.model import ModelConfig, XanesGAT  # noqa: E402
 
 log = logging.getLogger("train_speed")
 
-SIDES = ("theirs", "ours")
+SIDES = ("theirs", "ours", "ours, compiled")
 
 
 def load_sites(n: int, seed: int = 0) -> list[tuple[Structure, int, np.ndarray]]:
@@ -85,22 +88,32 @@ class Side:
         return sum(self.model(batch).shape[0] for batch in self.predict_batches)
 
 
-def build_sides(sites: list, batch_size: int) -> dict[str, Side]:
-    """Our model on dense star graphs and theirs on whole-cell graphs, same seed, same records."""
+def build_sides(sites: list, batch_size: int, compiled: bool = False) -> dict[str, Side]:
+    """Our model on dense star graphs and theirs on whole-cell graphs, same seed, same records; with
+    ``compiled`` also ours through torch.compile."""
     config = ModelConfig.paper()
     star = collate_for(config, [build_graph(s, i, y, n_neighbours=config.neighbours) for s, i, y in sites])
     cell = [whole_cell_graph(s, i, y) for s, i, y in sites]
     torch.manual_seed(0)
     ours = XanesGAT(config)
     theirs = WholeCellGAT()
-    assert ours.n_parameters == theirs.n_parameters, "the two models must have the same parameters"
+    if ours.n_parameters != theirs.n_parameters:
+        raise RuntimeError(f"parameter counts differ: ours {ours.n_parameters:,}, theirs {theirs.n_parameters:,}")
     gen_ours, gen_theirs = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    return {
+    sides = {
         "ours": Side(ours, lambda: GraphLoader(star, batch_size, shuffle=True, generator=gen_ours, drop_last=True),
                      list(GraphLoader(star, 512))),
         "theirs": Side(theirs, lambda: DataLoader(cell, batch_size=batch_size, shuffle=True, generator=gen_theirs,
                                                   drop_last=True), list(DataLoader(cell, batch_size=512))),
     }
+    if compiled:
+        torch.manual_seed(0)
+        model = XanesGAT(config)
+        gen = torch.Generator().manual_seed(0)
+        sides["ours, compiled"] = Side(model, lambda: GraphLoader(star, batch_size, shuffle=True, generator=gen,
+                                                                  drop_last=True), list(GraphLoader(star, 512)))
+        sides["ours, compiled"].model = torch.compile(model, dynamic=True)
+    return sides
 
 
 def timed(fn: Callable[[], int]) -> tuple[float, float]:
@@ -138,16 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed repetitions (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--profile", action="store_true", help="also print where our training time goes")
+    parser.add_argument("--compile", action="store_true", help="also time our model through torch.compile")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     sites = load_sites(args.n)
-    sides = build_sides(sites, args.batch_size)
-    flops = {name: (flops_per_graph(side.train_epoch), flops_per_graph(side.predict)) for name, side in sides.items()}
+    sides = build_sides(sites, args.batch_size, args.compile)
+    flops = {name: (flops_per_graph(side.train_epoch), flops_per_graph(side.predict))
+             for name, side in sides.items() if name != "ours, compiled"}
+    flops["ours, compiled"] = flops["ours"]
     load_before = os.getloadavg()
     speeds: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for repeat in range(-1, args.repeats):  # -1: warm-up
-        for name in SIDES if repeat % 2 else SIDES[::-1]:
+        for name in [name for name in (SIDES if repeat % 2 else SIDES[::-1]) if name in sides]:
             side = sides[name]
             for task, fn in (("training", side.train_epoch), ("prediction", side.predict)):
                 result = timed(fn)
@@ -165,15 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     medians = {}
     for task_index, task in enumerate(("training", "prediction")):
-        for name in SIDES:
+        for name in [name for name in SIDES if name in sides]:
             wall, cpu = zip(*speeds[(name, task)])
             medians[(name, task)] = statistics.median(cpu)
             mflop = flops[name][task_index] / 1e6
             print(f"| {name} | {task} | {max(wall):,.0f} | {statistics.median(wall):,.0f} | {max(cpu):,.0f} | "
                   f"{statistics.median(cpu):,.0f} | {mflop:,.1f} | {mflop * statistics.median(cpu) / 1e3:.1f} |")
     for task in ("training", "prediction"):
-        print(f"\nours / theirs, {task}, per CPU second (median): "
-              f"{medians[('ours', task)] / medians[('theirs', task)]:.1f}x")
+        for name in [name for name in SIDES[1:] if name in sides]:
+            print(f"\n{name} / theirs, {task}, per CPU second (median): "
+                  f"{medians[(name, task)] / medians[('theirs', task)]:.1f}x")
     if args.profile:
         print("\nWhere our training time goes (one epoch, torch.profiler):\n")
         print(profile_table(sides["ours"]))
