@@ -100,3 +100,13 @@ def test_model_on_dense_graphs_equals_the_reference_on_pyg_batches():
         out_r, int_r = model(Batch.from_data_list(graphs), return_internals=True, implementation="reference")
         assert torch.allclose(out_d, out_r, atol=1e-5, rtol=1e-4)
         assert torch.allclose(int_d["attention_weights"], int_r["attention_weights"], atol=1e-5)
+
+
+def test_collating_in_chunks_gives_the_same_tensors():
+    graphs = [build_graph(s, 0) for s in (rocksalt("Ni", 4.17), distorted(), cluster(), rocksalt("Co", 4.26))]
+    whole = DenseGraphs.from_graphs(graphs, 20)
+    for chunk in (1, 3):
+        parts = DenseGraphs.from_graphs(graphs, 20, chunk=chunk)
+        for name in ("x", "slot_inputs", "slot_z", "slot_count", "edge_slot", "edge_mask", "cell_counts"):
+            assert torch.equal(getattr(parts, name), getattr(whole, name)), (chunk, name)
+        assert parts.y is None and whole.y is None

@@ -91,11 +91,27 @@ class DenseGraphs:
                    bool(angular)).select(slice(None))
 
     @classmethod
-    def from_graphs(cls, graphs: Sequence[Data], neighbours: int, angular: bool = False) -> DenseGraphs:
-        """Pre-collate a list of star graphs (see :meth:`from_batch`)."""
+    def from_graphs(cls, graphs: Sequence[Data], neighbours: int, angular: bool = False, chunk: int = 4096
+                    ) -> DenseGraphs:
+        """Pre-collate a list of star graphs (see :meth:`from_batch`), ``chunk`` graphs at a time (memory)."""
         if not graphs:
             raise ValueError("no graphs to collate")
-        return cls.from_batch(Batch.from_data_list(list(graphs)), neighbours, angular)
+        parts = [cls.from_batch(Batch.from_data_list(list(graphs[i:i + chunk])), neighbours, angular)
+                 for i in range(0, len(graphs), chunk)]
+        if len(parts) == 1:
+            return parts[0]
+        width = max(p.slot_count.shape[1] for p in parts)
+        fields = {}
+        for f in dataclasses.fields(cls):
+            values = [getattr(p, f.name) for p in parts]
+            if f.name == "angular" or values[0] is None:
+                fields[f.name] = values[0]
+            elif f.name.startswith("slot_"):  # pad the slot columns to the widest part
+                fields[f.name] = torch.cat([torch.nn.functional.pad(v, (0, 0) * (v.dim() - 2)
+                                                                    + (0, width - v.shape[1])) for v in values])
+            else:
+                fields[f.name] = torch.cat(values)
+        return cls(**fields)
 
     def __len__(self) -> int:
         return self.x.shape[0]
