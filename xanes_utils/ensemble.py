@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
-from torch_geometric.loader import DataLoader
 
 from xanes_utils.dataset import DATA_DIR
+from xanes_utils.dense import DenseGraphs, GraphLoader, collate_for
 from xanes_utils.io import write_checksummed
 from xanes_utils.model import ModelConfig, XanesGAT
 from xanes_utils.train import TrainConfig, read_payload, stack_targets, train
@@ -102,7 +102,7 @@ class Ensemble(nn.Module):
         """The members' shared configuration."""
         return self.members[0].config
 
-    def forward(self, batch: Data | Batch, embeddings: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, batch: Data | Batch | DenseGraphs, embeddings: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Member spectra [M, B, out_dim]; with ``embeddings`` also the last hidden layer [M, B, d]."""
         outs, embs = [], []
         for member in self.members:
@@ -126,11 +126,11 @@ class EnsemblePrediction:
 
 @torch.no_grad()
 def _run(model: Ensemble, graphs: Sequence[Data], batch_size: int) -> tuple[Tensor, Tensor]:
-    """Member spectra [M, n, out] and embeddings [M, n, d] of ``graphs`` (each batch collated once)."""
+    """Member spectra [M, n, out] and embeddings [M, n, d] of ``graphs`` (collated once for all members)."""
     model.eval()
     device = next(model.parameters()).device
     outs, embs = [], []
-    for b in DataLoader(list(graphs), batch_size=batch_size):
+    for b in GraphLoader(collate_for(model.config, graphs), batch_size):
         out, emb = model(b.to(device), embeddings=True)
         outs.append(out.cpu())
         embs.append(emb.cpu())

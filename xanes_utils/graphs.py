@@ -184,14 +184,26 @@ def angular_features(vec: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- graphs
 
+def _float32(values: np.ndarray) -> torch.Tensor:
+    """``values`` as float32 with magnitudes below float32's smallest normal number set to 0.
+
+    The radial basis functions reach 1e-40 and below, which float32 stores as subnormal numbers; CPUs
+    handle those in microcode, and 2.6 % of them in the edge features made a training step 2.5x slower
+    (BENCHMARKS.md). Zeroing them changes no feature by more than 1.2e-38.
+    """
+    out = values.astype(np.float32)
+    out[np.abs(out) < np.finfo(np.float32).tiny] = 0.0
+    return torch.from_numpy(out)
+
+
 def _assemble(z: torch.Tensor, dist: torch.Tensor, vec: torch.Tensor, mask: torch.Tensor,
               cell_counts: torch.Tensor, element: str, site: int, y: torch.Tensor | None) -> Data:
     """A :class:`Data` star graph from its compact description (features derived from z, dist, vec)."""
     n = len(dist)
     x = torch.from_numpy(orbital_table()[z.numpy()])  # fancy indexing copies: writable
-    edge_attr = torch.from_numpy(edge_features(dist.double().numpy()).astype(np.float32))
+    edge_attr = _float32(edge_features(dist.double().numpy()))
     edge_attr[~mask] = 0.0
-    angular = torch.from_numpy(angular_features(vec.double().numpy(), mask.numpy()).astype(np.float32))
+    angular = _float32(angular_features(vec.double().numpy(), mask.numpy()))
     data = Data(
         x=x,
         z=z,

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 from torch_geometric.data import Data
-from torch_geometric.loader import DataLoader
 
 from xanes_utils.dataset import DATA_DIR
+from xanes_utils.dense import DenseGraphs, GraphLoader, collate_for
 from xanes_utils.elements import E_START, N_POINTS, STEP_EV
 from xanes_utils.io import read_checksummed, write_checksummed
 from xanes_utils.model import ModelConfig, XanesGAT
@@ -121,18 +121,22 @@ def stack_targets(graphs: Sequence[Data]) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_graphs(model: XanesGAT | Ensemble, graphs: Sequence[Data], batch_size: int = 512) -> np.ndarray:
-    """Model spectra [n, 111] for ``graphs`` in eval mode (an ensemble's member mean)."""
+def predict_graphs(model: XanesGAT | Ensemble, graphs: Sequence[Data] | DenseGraphs, batch_size: int = 512
+                   ) -> np.ndarray:
+    """Model spectra [n, 111] for ``graphs`` (or graphs pre-collated by :func:`collate_for`) in eval mode
+    (an ensemble's member mean)."""
     model.eval()
     device = next(model.parameters()).device
-    outs = [model(b.to(device)).cpu() for b in DataLoader(list(graphs), batch_size=batch_size)]
+    outs = [model(b.to(device)).cpu() for b in GraphLoader(collate_for(model.config, graphs), batch_size)]
     outs = [o.mean(0) if o.dim() == 3 else o for o in outs]
     return torch.cat(outs).numpy() if outs else np.zeros((0, model.config.out_dim), np.float32)
 
 
-def _l1_by_element(model: XanesGAT, graphs: Sequence[Data], batch_size: int) -> tuple[float, dict[str, float]]:
-    """Mean L1 over ``graphs`` and per absorbing element."""
-    err = np.abs(predict_graphs(model, graphs, batch_size) - stack_targets(graphs)).mean(axis=1)
+def _l1_by_element(model: XanesGAT, graphs: Sequence[Data], batch_size: int,
+                   inputs: Sequence[Data] | DenseGraphs | None = None) -> tuple[float, dict[str, float]]:
+    """Mean L1 over ``graphs`` and per absorbing element (``inputs``: ``graphs`` pre-collated)."""
+    err = np.abs(predict_graphs(model, graphs if inputs is None else inputs, batch_size)
+                 - stack_targets(graphs)).mean(axis=1)
     elements = np.array([g.element for g in graphs])
     return float(err.mean()), {el: float(err[elements == el].mean()) for el in dict.fromkeys(elements.tolist())}
 
@@ -149,10 +153,11 @@ def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config
     seed_everything(config.seed)
     device = config.resolved_device()
     model = XanesGAT(model_config).to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(list(train_graphs), batch_size=config.batch_size, shuffle=True, generator=generator,
-                        drop_last=len(train_graphs) > config.batch_size)
+    loader = GraphLoader(collate_for(model_config, train_graphs), config.batch_size, shuffle=True,
+                         generator=generator, drop_last=len(train_graphs) > config.batch_size)
+    val_inputs = collate_for(model_config, val_graphs)
     history, best, start = History(), None, time.perf_counter()
     bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in bar:
@@ -165,7 +170,7 @@ def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config
             loss.backward()
             optimiser.step()
             total, count = total + loss.item() * batch.num_graphs, count + batch.num_graphs
-        val, per_element = _l1_by_element(model, val_graphs, 4 * config.batch_size)
+        val, per_element = _l1_by_element(model, val_graphs, 4 * config.batch_size, val_inputs)
         history.train_loss.append(total / count)
         history.val_loss.append(val)
         for el, v in per_element.items():
