@@ -154,13 +154,14 @@ def predict_ensemble(model: Ensemble, graphs: Sequence[Data], batch_size: int = 
                                   np.zeros(0, bool))
     members, emb = _run(model, graphs, batch_size)
     members_np = members.numpy()
-    mu, std = _mean_std(members_np)
+    mu, std = mean_std(members_np)
     score = domain_scores(model, emb)
     return EnsemblePrediction(mu, model.scale * std, members_np, score, score > model.domain.threshold)
 
 
-def _mean_std(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation (ddof 1; 0 for one member) over the members axis of [M, ...]."""
+def mean_std(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and raw (uncalibrated) standard deviation (ddof 1; 0 for one member) over the members axis of
+    [M, ...]; multiply the standard deviation by :attr:`Ensemble.scale` to calibrate it."""
     std = members.std(axis=0, ddof=1) if members.shape[0] > 1 else np.zeros_like(members[0])
     return members.mean(axis=0), std
 
@@ -224,7 +225,7 @@ def fit_ensemble(model: Ensemble, train_graphs: Sequence[Data], val_graphs: Sequ
     model.domain = Domain(list(train_emb), [float(knn_distance(v, t, k).median()) for v, t in zip(val_emb, train_emb)],
                           k=k)
     model.domain.threshold = float(np.quantile(domain_scores(model, val_emb), DOMAIN_QUANTILE))
-    mu, std = _mean_std(val_members.numpy())
+    mu, std = mean_std(val_members.numpy())
     model.scale = fit_scale(stack_targets(val_graphs), mu, std)
     log.info("ensemble of %d: calibration scale %.3f, domain threshold %.3f", len(model.members), model.scale,
              model.domain.threshold)

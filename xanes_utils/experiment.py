@@ -343,7 +343,7 @@ class ModelAverage:
 
 def model_averages(model) -> dict[str, ModelAverage]:
     """Site-averaged prediction of ``model`` (one network or an ensemble) for every reference compound."""
-    from xanes_utils.ensemble import Ensemble, predict_ensemble
+    from xanes_utils.ensemble import Ensemble, mean_std, predict_ensemble
     from xanes_utils.graphs import build_graph
     from xanes_utils.train import predict_graphs
 
@@ -357,8 +357,8 @@ def model_averages(model) -> dict[str, ModelAverage]:
             out[formula] = ModelAverage(site_average(list(predict_graphs(model, graphs)), weights))
             continue
         result = predict_ensemble(model, graphs)
-        members = np.stack([site_average(list(m), weights) for m in result.members])  # [M, 111]
-        out[formula] = ModelAverage(members.mean(0), model.scale * members.std(0, ddof=1),
+        mu, std = mean_std(np.stack([site_average(list(m), weights) for m in result.members]))  # [M, 111]
+        out[formula] = ModelAverage(mu, model.scale * std,
                                     float(np.average(result.score, weights=weights)), bool(result.out_of_domain.any()))
     return out
 
