@@ -63,7 +63,8 @@ def run_one(profile_name: str, config: ModelConfig, seed: int, real_path: str | 
 
     torch.set_num_threads(1)
     profile = get_profile(profile_name)
-    prep = prepare(profile, data, n_neighbours=config.neighbours)
+    embed = config.site_embedding > 0
+    prep = prepare(profile, data, n_neighbours=config.neighbours, site_embeddings=embed)
     tr, va, te = prep.subset("train"), prep.subset("val"), prep.subset("test")
     baseline = mean_spectra(stack_targets(tr), [g.element for g in tr])
     train_config = TrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr, seed=seed)
@@ -80,7 +81,7 @@ def run_one(profile_name: str, config: ModelConfig, seed: int, real_path: str | 
     if real_path:
         from real_materials import RealSet
 
-        real = RealSet(real_path, baseline, n_neighbours=config.neighbours)
+        real = RealSet(real_path, baseline, n_neighbours=config.neighbours, site_embeddings=embed)
         scores = real.score(predict_graphs(model, real.graphs))
         row += [scores["eta_train_mean"], scores["eta_own_mean"], scores["pearson_median"]]
     return row

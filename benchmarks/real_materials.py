@@ -11,7 +11,7 @@ the mean of our own training spectra (OmniXAS's convention) and against the real
 per-model best global shift as a diagnostic; plus the first-shell statistics of the real set. For an
 ensemble, also the coverage of its uncertainty bands and how well its domain score ranks the errors. The data
 file is for development only: nothing derived from its structures or spectra is written to disk except
-an ignored graph cache under ``cache/``.
+ignored graph and site-embedding caches under ``cache/``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from xanes_utils.evaluate import spectrum_mse, spectrum_pearson, mean_spectra  #
 from xanes_utils.graphs import N_NEIGHBOURS, build_graphs  # noqa: E402
 from xanes_utils.omnixas import fit_shift, read_jsonl, to_records  # noqa: E402
 from xanes_utils.profiles import ROOT, get_profile  # noqa: E402
+from xanes_utils.site_embeddings import attach_site_embeddings  # noqa: E402
 from xanes_utils.train import DEFAULT_MODEL, load_model, predict_graphs, stack_targets  # noqa: E402
 from xanes_utils.workflow import prepare  # noqa: E402
 
@@ -47,13 +48,16 @@ class RealSet:
     """A real-materials set on our grid: graphs, targets, and the baselines to score against."""
 
     def __init__(self, path: str | Path, train_mean: dict[str, np.ndarray], shift: float | None = FEFF_SHIFT,
-                 n_neighbours: int = N_NEIGHBOURS) -> None:
+                 n_neighbours: int = N_NEIGHBOURS, site_embeddings: bool = False) -> None:
         self.spectra = read_jsonl(path)
         self.shift = fit_shift(self.spectra, train_mean) if shift is None else shift
         self.records = to_records(self.spectra, self.shift)
         tag = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
         self.graphs = build_graphs(self.records, cache_path=ROOT / "cache" / f"real-{tag}-graphs-{n_neighbours}.pt",
                                    progress=False, n_neighbours=n_neighbours)
+        if site_embeddings:
+            attach_site_embeddings(self.graphs, self.records, ROOT / "cache" / f"real-{tag}-site-embeddings.pt",
+                                   progress=False)
         self.y = stack_targets(self.graphs)
         self.elements = [g.element for g in self.graphs]
         self.train_mean = np.stack([train_mean[el] for el in self.elements])

@@ -38,7 +38,7 @@ class DenseGraphs:
     ``slot_count`` [G, k] float (0: unused) describe the slots (k <= n: :meth:`select` drops trailing
     columns no selected graph uses); ``edge_slot`` [G, n] long (0 on dummy edges) and ``edge_mask`` [G, n]
     bool describe the n neighbour edges; ``cell_counts`` [G, 119] long and ``y`` [G, 111], or None where the
-    graphs have none.
+    graphs have none; ``site_embedding`` [G, w] the absorbers' site embeddings, or None.
     ``angular`` tells whether ``slot_inputs`` holds the angular features after the distance ones.
     """
 
@@ -51,6 +51,7 @@ class DenseGraphs:
     cell_counts: Tensor | None
     y: Tensor | None
     angular: bool
+    site_embedding: Tensor | None = None
 
     @classmethod
     def from_batch(cls, batch: Batch, neighbours: int, angular: bool = False) -> DenseGraphs:
@@ -87,8 +88,9 @@ class DenseGraphs:
         edge_slot[mask] = position[inverse]
         cell = batch.cell_counts.long() if "cell_counts" in batch else None
         y = batch.y if "y" in batch else None
+        embedding = batch.site_embedding if "site_embedding" in batch else None
         return cls(batch.x[batch.ptr[:-1]], slot_inputs, slot_z, slot_count, edge_slot, mask, cell, y,
-                   bool(angular)).select(slice(None))
+                   bool(angular), embedding).select(slice(None))
 
     @classmethod
     def from_graphs(cls, graphs: Sequence[Data], neighbours: int, angular: bool = False, chunk: int = 4096

@@ -89,7 +89,9 @@ class ModelConfig:
 
     Options beyond the paper: ``angular`` adds the graphs' 9 angular edge features to the 65 distance
     features (see :mod:`xanes_utils.graphs`); ``neighbours`` is the number of neighbour slots the
-    graphs must have (the paper's 20; build graphs with ``n_neighbours`` equal to it).
+    graphs must have (the paper's 20; build graphs with ``n_neighbours`` equal to it); ``site_embedding``
+    (0: off) is the width of a pretrained potential's embedding of the absorber (graphs' ``site_embedding``,
+    see :mod:`xanes_utils.site_embeddings`), batch-normalised and appended to the readout before the MLP.
     """
 
     conv_dims: tuple[int, ...] = (600, 500, 400)
@@ -103,6 +105,7 @@ class ModelConfig:
     implementation: str = "fast"
     angular: bool = False
     neighbours: int = N_NEIGHBOURS
+    site_embedding: int = 0
 
     def __post_init__(self) -> None:
         self.conv_dims = tuple(int(d) for d in self.conv_dims)
@@ -123,6 +126,9 @@ class ModelConfig:
         self.neighbours = int(self.neighbours)
         if self.neighbours < 1:
             raise ValueError(f"neighbours must be positive, not {self.neighbours}")
+        self.site_embedding = int(self.site_embedding)
+        if self.site_embedding < 0:
+            raise ValueError(f"site_embedding must be 0 (off) or a width, not {self.site_embedding}")
 
     @property
     def edge_dim(self) -> int:
@@ -301,7 +307,8 @@ class XanesGAT(nn.Module):
         self.heads = nn.ModuleList(StarAttentionHead(dims[-1], cfg.head_dim, cfg.edge_dim, score=cfg.attention)
                                    for _ in range(cfg.heads))
         self.dropout = nn.Dropout(cfg.dropout)
-        mlp_in = (cfg.heads * cfg.head_dim, *cfg.mlp_dims)
+        self.site_norm = nn.BatchNorm1d(cfg.site_embedding) if cfg.site_embedding else None
+        mlp_in = (cfg.heads * cfg.head_dim + cfg.site_embedding, *cfg.mlp_dims)
         self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(a, b), nn.PReLU())
                                  for a, b in zip(mlp_in[:-1], mlp_in[1:]))
         self.out = nn.Linear(cfg.mlp_dims[-1], cfg.out_dim)
@@ -341,6 +348,8 @@ class XanesGAT(nn.Module):
                 pooled, absorber, attention = self._encode_reference(batch, self._edge_inputs(batch),
                                                                      return_internals)
         h = self.dropout(pooled["attention"])
+        if self.site_norm is not None:
+            h = torch.cat([h, self.site_norm(self._site_embedding(batch).to(h.dtype))], dim=-1)
         for i, layer in enumerate(self.mlp, start=1):
             h = layer(h)
             pooled[f"mlp{i}"] = h
@@ -356,6 +365,15 @@ class XanesGAT(nn.Module):
         if "cell_counts" not in batch:
             raise ValueError("readout='cell' needs graphs with cell_counts (build them with xanes_utils.graphs)")
         return batch.cell_counts.long()
+
+    def _site_embedding(self, batch: Batch | DenseGraphs) -> Tensor:
+        """[B, site_embedding] embeddings of the absorbers (needed when ``config.site_embedding`` > 0)."""
+        embedding = getattr(batch, "site_embedding", None)
+        width = self.config.site_embedding
+        if embedding is None or embedding.dim() != 2 or embedding.shape[1] != width:
+            raise ValueError(f"the model reads {width}-wide absorber site embeddings: attach them to the graphs "
+                             "with xanes_utils.site_embeddings.attach_site_embeddings")
+        return embedding
 
     def _edge_inputs(self, batch: Batch) -> Tensor:
         """Edge inputs [E, edge_dim]: distance features, plus the angular ones with ``config.angular``;

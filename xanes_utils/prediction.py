@@ -132,6 +132,12 @@ def predict(structure: Structure | str | Path, sites: Sequence[int] | None = Non
     indices = resolve_sites(structure, sites, equivalent, name)
     model = model if model is not None else load_model()
     graphs = [build_graph(structure, i, name=name, n_neighbours=model.config.neighbours) for i in indices]
+    if model.config.site_embedding:
+        from xanes_utils.site_embeddings import site_embeddings
+
+        for graph, row in zip(graphs, site_embeddings([structure] * len(indices), indices, names=[name] * len(indices),
+                                                      progress=False)):
+            graph.site_embedding = row.view(1, -1)
     if isinstance(model, Ensemble):
         result = predict_ensemble(model, graphs)
         mus, stds, scores, flags = result.mu, result.mu_std, result.score, result.out_of_domain

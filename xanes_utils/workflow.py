@@ -65,10 +65,11 @@ class Prepared:
 
 
 def prepare(profile: Profile, data: str | Path | None = None, split_by: str = "material",
-            n_neighbours: int = N_NEIGHBOURS) -> Prepared:
+            n_neighbours: int = N_NEIGHBOURS, site_embeddings: bool = False) -> Prepared:
     """Load records, build (cached) graphs with ``n_neighbours`` slots and split them (grouped by
     material, a relaxed structure with its unrelaxed parent, stratified by absorbing element, with the
-    profile's seed); also sets torch's thread count for the profile."""
+    profile's seed); also sets torch's thread count for the profile. ``site_embeddings`` attaches the
+    absorbers' CHGNet embeddings (cached; see :mod:`xanes_utils.site_embeddings`)."""
     import torch
 
     from xanes_utils.graphs import build_graphs
@@ -79,6 +80,10 @@ def prepare(profile: Profile, data: str | Path | None = None, split_by: str = "m
     directory = cache_dir(profile.name, data)
     name = "graphs.pt" if n_neighbours == N_NEIGHBOURS else f"graphs-{n_neighbours}.pt"
     graphs = build_graphs(records, cache_path=directory / name, n_neighbours=n_neighbours)
+    if site_embeddings:
+        from xanes_utils.site_embeddings import attach_site_embeddings
+
+        attach_site_embeddings(graphs, records, cache_path=directory / "site_embeddings.pt")
     groups = [r.source.get("unrelaxed_id") or r.material_id or r.id for r in records]
     train_idx, val_idx, test_idx = split_indices(groups, seed=profile.seed, by=split_by,
                                                  strata=[r.element for r in records])

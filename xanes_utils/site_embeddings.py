@@ -1,0 +1,139 @@
+"""Site embeddings of the absorber from a pretrained universal interatomic potential (CHGNet).
+
+The star graph sees the absorber's 20 nearest atoms by species and distance. CHGNet (weights in its
+wheel, Modified BSD licence) was trained on ~1.5 M Materials Project relaxation frames; its per-atom
+features after the last interaction block (``atom_fea``, 64 numbers per atom) summarise the chemistry
+and geometry of each site's environment as that potential sees it, the OmniXAS idea of transferring a
+pretrained potential's site features to spectra. :func:`attach_site_embeddings` stores the absorber's
+row as ``site_embedding`` [1, 64] on each graph; models read it with ``ModelConfig(site_embedding=64)``.
+
+Features are computed once per distinct structure (on the CPU, one thread, no network) and cached in a
+checksummed file keyed by the structures and the potential's version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from pymatgen.core import Structure
+from torch_geometric.data import Data
+
+from xanes_utils.io import read_checksummed, write_checksummed
+
+log = logging.getLogger(__name__)
+
+#: Width of a site embedding (CHGNet's atom feature size).
+SITE_EMBEDDING_DIM = 64
+#: Format tag of the on-disk cache.
+CACHE_FORMAT = "xanes-site-embeddings/1"
+#: Structures per CHGNet batch.
+BATCH = 16
+
+
+@lru_cache(maxsize=1)
+def _potential() -> Any:
+    """The pretrained CHGNet model (loaded once), in evaluation mode."""
+    try:
+        from chgnet.model import CHGNet
+    except ImportError as exc:
+        raise ImportError("site embeddings need CHGNet: pip install 'chgnet>=0.4.2'") from exc
+    model = CHGNet.load(verbose=False)
+    model.eval()
+    return model
+
+
+def potential_version() -> str:
+    """Name and version of the potential whose features are used (part of every cache key)."""
+    from importlib.metadata import version
+
+    return f"chgnet {version('chgnet')} / {_potential().version}"
+
+
+def _structure_hash(structure: Structure) -> str:
+    return hashlib.sha256(json.dumps(structure.as_dict(), sort_keys=True, separators=(",", ":")).encode()
+                          ).hexdigest()
+
+
+def atom_features(structures: Sequence[Structure], names: Sequence[str] | None = None, progress: bool = True
+                  ) -> list[np.ndarray]:
+    """CHGNet's per-atom features [n_atoms, 64] float32 of each structure; a structure CHGNet cannot
+    featurise raises a ValueError naming it (``names``, default its index)."""
+    from tqdm import tqdm
+
+    model = _potential()
+    names = list(names) if names is not None else [f"structure {i}" for i in range(len(structures))]
+    out: list[np.ndarray] = []
+    bar = tqdm(total=len(structures), desc="site embeddings", unit="structure", disable=not progress)
+    with torch.no_grad():
+        for start in range(0, len(structures), BATCH):
+            chunk = list(structures[start:start + BATCH])
+            try:
+                preds = model.predict_structure(chunk, task="e", return_atom_feas=True, batch_size=BATCH)
+                preds = [preds] if isinstance(preds, dict) else preds  # CHGNet unwraps a single result
+            except Exception:  # noqa: BLE001 - find the structure that fails, one at a time
+                preds = []
+                for i, structure in enumerate(chunk):
+                    try:
+                        preds.append(model.predict_structure(structure, task="e", return_atom_feas=True))
+                    except Exception as exc:  # noqa: BLE001
+                        raise ValueError(f"{names[start + i]}: CHGNet cannot featurise it ({exc})") from exc
+            for i, pred in enumerate(preds):
+                feats = np.asarray(pred["atom_fea"], np.float32)
+                if feats.shape != (len(chunk[i]), SITE_EMBEDDING_DIM) or not np.isfinite(feats).all():
+                    raise ValueError(f"{names[start + i]}: CHGNet gave features of shape {feats.shape} or "
+                                     "non-finite values")
+                out.append(feats)
+            bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def site_embeddings(structures: Sequence[Structure], sites: Sequence[int], cache_path: str | Path | None = None,
+                    names: Sequence[str] | None = None, progress: bool = True) -> torch.Tensor:
+    """Embeddings [n, 64] float32 of ``structures[i][sites[i]]``, computed once per distinct structure.
+
+    With ``cache_path`` the result is stored (with a SHA-256 sidecar) under a key of the structures, the
+    sites and the potential's version; a matching cache is loaded, a stale, unreadable or corrupt one is
+    logged and recomputed.
+    """
+    hashes = [_structure_hash(s) for s in structures]
+    key = hashlib.sha256("|".join([potential_version(), *hashes, *map(str, sites)]).encode()).hexdigest()
+    if cache_path is not None and Path(cache_path).exists():
+        try:
+            payload = torch.load(io.BytesIO(read_checksummed(cache_path)), map_location="cpu", weights_only=True)
+            if payload.get("format") != CACHE_FORMAT or payload.get("key") != key:
+                raise ValueError("stale cache (other structures or another potential version)")
+            return payload["embeddings"]
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+            log.warning("site-embedding cache %s not used (%s); recomputing it", cache_path, exc)
+    first: dict[str, int] = {}
+    for i, h in enumerate(hashes):
+        first.setdefault(h, i)
+    order = list(first.values())
+    names = list(names) if names is not None else [f"structure {i}" for i in range(len(structures))]
+    feats = dict(zip(first, atom_features([structures[i] for i in order], [names[i] for i in order], progress)))
+    out = torch.from_numpy(np.stack([feats[h][int(site)] for h, site in zip(hashes, sites)]))
+    if cache_path is not None:
+        buffer = io.BytesIO()
+        torch.save({"format": CACHE_FORMAT, "key": key, "embeddings": out}, buffer)
+        write_checksummed(cache_path, buffer.getvalue())
+    return out
+
+
+def attach_site_embeddings(graphs: Sequence[Data], items: Sequence[Any], cache_path: str | Path | None = None,
+                           progress: bool = True) -> None:
+    """Set ``site_embedding`` [1, 64] on each graph from its item (``.structure``, ``.site``, ``.id``)."""
+    if len(graphs) != len(items):
+        raise ValueError(f"{len(graphs)} graphs for {len(items)} items")
+    embeddings = site_embeddings([it.structure for it in items], [int(it.site) for it in items], cache_path,
+                                 [f"item {getattr(it, 'id', i)}" for i, it in enumerate(items)], progress)
+    for graph, row in zip(graphs, embeddings):
+        graph.site_embedding = row.view(1, -1)
