@@ -137,14 +137,15 @@ def main() -> None:
     if args.calibrate:
         calibrate_shift(read_jsonl(args.data), args.calibrate, workers=1)
     mean = training_mean()
-    sets: dict[int, RealSet] = {}
+    sets: dict[tuple[int, bool], RealSet] = {}
     bands: list[str] = []
     for i, path in enumerate(args.model):
         model = load_model(path)
-        n = model.config.neighbours
-        if n not in sets:
-            sets[n] = RealSet(args.data, mean, None if args.shift == "mean" else float(args.shift), n_neighbours=n)
-        real = sets[n]
+        kind = (model.config.neighbours, model.config.site_embedding > 0)
+        if kind not in sets:
+            sets[kind] = RealSet(args.data, mean, None if args.shift == "mean" else float(args.shift),
+                                 n_neighbours=kind[0], site_embeddings=kind[1])
+        real = sets[kind]
         if i == 0:
             print(f"Machine: {describe()}; {len(real.records)} sites of {len({r.material_id for r in real.records})} "
                   f"materials; global shift {real.shift:+.1f} eV; first shells: "

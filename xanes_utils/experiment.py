@@ -344,14 +344,14 @@ class ModelAverage:
 def model_averages(model) -> dict[str, ModelAverage]:
     """Site-averaged prediction of ``model`` (one network or an ensemble) for every reference compound."""
     from xanes_utils.ensemble import Ensemble, mean_std, predict_ensemble
-    from xanes_utils.graphs import build_graph
+    from xanes_utils.prediction import model_graphs
     from xanes_utils.train import predict_graphs
 
     out = {}
     for formula, crystal in REFERENCE_STRUCTURES.items():
         structure = crystal.structure()
         sites = absorber_sites(structure, absorber_element(formula))
-        graphs = [build_graph(structure, i, name=formula, n_neighbours=model.config.neighbours) for i, _ in sites]
+        graphs = model_graphs(structure, [i for i, _ in sites], model.config, formula)
         weights = [m for _, m in sites]
         if not isinstance(model, Ensemble):
             out[formula] = ModelAverage(site_average(list(predict_graphs(model, graphs)), weights))

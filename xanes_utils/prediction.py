@@ -14,7 +14,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from pymatgen.core import Structure
@@ -22,6 +22,11 @@ from pymatgen.core import Structure
 from xanes_utils.elements import ELEMENTS, UnsupportedElementError, check_element, energy_grid
 from xanes_utils.io import safe_name
 from xanes_utils.structures import StructureError, check_structure
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
+
+    from xanes_utils.model import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +116,22 @@ def _label(structure: Structure, i: int) -> str:
     return str(getattr(structure[i], "label", None) or structure[i].specie.symbol)
 
 
+def model_graphs(structure: Structure, sites: Sequence[int], config: ModelConfig, name: str = "structure"
+                 ) -> list[Data]:
+    """Star graphs of ``structure``'s ``sites`` with what a model of ``config`` reads: its number of
+    neighbour slots and, when it uses them, the absorbers' site embeddings."""
+    from xanes_utils.graphs import build_graph
+
+    graphs = [build_graph(structure, i, name=name, n_neighbours=config.neighbours) for i in sites]
+    if config.site_embedding:
+        from xanes_utils.site_embeddings import site_embeddings
+
+        rows = site_embeddings([structure] * len(sites), list(sites), names=[name] * len(sites), progress=False)
+        for graph, row in zip(graphs, rows):
+            graph.site_embedding = row.view(1, -1)
+    return graphs
+
+
 def predict(structure: Structure | str | Path, sites: Sequence[int] | None = None, model=None,
             ) -> list[Prediction]:
     """Predicted K-edge XANES for ``sites`` (0-based) of ``structure`` (default: every distinct
@@ -120,7 +141,6 @@ def predict(structure: Structure | str | Path, sites: Sequence[int] | None = Non
     sets :attr:`Prediction.mu_std` and flags sites outside its domain (with a logged warning).
     """
     from xanes_utils.ensemble import Ensemble, predict_ensemble
-    from xanes_utils.graphs import build_graph
     from xanes_utils.train import load_model, predict_graphs
 
     structure, name = read_structure(structure)
@@ -131,13 +151,7 @@ def predict(structure: Structure | str | Path, sites: Sequence[int] | None = Non
         raise StructureError(f"{name}: symmetry analysis failed ({exc})") from exc
     indices = resolve_sites(structure, sites, equivalent, name)
     model = model if model is not None else load_model()
-    graphs = [build_graph(structure, i, name=name, n_neighbours=model.config.neighbours) for i in indices]
-    if model.config.site_embedding:
-        from xanes_utils.site_embeddings import site_embeddings
-
-        for graph, row in zip(graphs, site_embeddings([structure] * len(indices), indices, names=[name] * len(indices),
-                                                      progress=False)):
-            graph.site_embedding = row.view(1, -1)
+    graphs = model_graphs(structure, indices, model.config, name)
     if isinstance(model, Ensemble):
         result = predict_ensemble(model, graphs)
         mus, stds, scores, flags = result.mu, result.mu_std, result.score, result.out_of_domain

@@ -25,6 +25,9 @@ class Profile:
     the few-hundred-spectrum embedded dataset needs larger steps to converge within a CPU budget.
     ``threads`` caps torch's CPU threads (``None``: torch's default). The small CPU profiles use one:
     inside a Jupyter kernel, two OpenMP threads on a 2-core machine ran small layers ~30x slower.
+    ``site_embedding`` is the width of the CHGNet absorber embedding that the profile's ensemble (the model
+    ``predict`` ships) reads (0: none; see :mod:`xanes_utils.site_embeddings`); the single networks of
+    notebooks 02-06 keep the paper's inputs.
     """
 
     name: str
@@ -36,6 +39,7 @@ class Profile:
     homology_epochs: int
     seed: int = 0
     threads: int | None = 1
+    site_embedding: int = 0
 
 
 PROFILES: dict[str, Profile] = {

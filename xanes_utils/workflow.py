@@ -80,14 +80,22 @@ def prepare(profile: Profile, data: str | Path | None = None, split_by: str = "m
     directory = cache_dir(profile.name, data)
     name = "graphs.pt" if n_neighbours == N_NEIGHBOURS else f"graphs-{n_neighbours}.pt"
     graphs = build_graphs(records, cache_path=directory / name, n_neighbours=n_neighbours)
-    if site_embeddings:
-        from xanes_utils.site_embeddings import attach_site_embeddings
-
-        attach_site_embeddings(graphs, records, cache_path=directory / "site_embeddings.pt")
     groups = [r.source.get("unrelaxed_id") or r.material_id or r.id for r in records]
     train_idx, val_idx, test_idx = split_indices(groups, seed=profile.seed, by=split_by,
                                                  strata=[r.element for r in records])
-    return Prepared(records, graphs, train_idx.tolist(), val_idx.tolist(), test_idx.tolist())
+    prep = Prepared(records, graphs, train_idx.tolist(), val_idx.tolist(), test_idx.tolist())
+    if site_embeddings:
+        with_site_embeddings(prep, profile, data)
+    return prep
+
+
+def with_site_embeddings(prep: Prepared, profile: Profile, data: str | Path | None) -> None:
+    """Attach the absorbers' CHGNet site embeddings to ``prep``'s graphs unless they have them (cached in the
+    profile's results directory)."""
+    from xanes_utils.site_embeddings import attach_site_embeddings
+
+    if prep.graphs and "site_embedding" not in prep.graphs[0]:
+        attach_site_embeddings(prep.graphs, prep.records, cache_path=cache_dir(profile.name, data) / "site_embeddings.pt")
 
 
 def model_path(profile: Profile, data: str | Path | None, name: str) -> Path:
@@ -133,12 +141,15 @@ def ensemble_path(profile: Profile, data: str | Path | None) -> Path:
 def ensemble_or_load(prep: Prepared, profile: Profile, data: str | Path | None, n_members: int = 5,
                      retrain: bool = False, jobs: int = 1, progress: bool = True) -> tuple[Ensemble, dict]:
     """Train (members on bootstrap resamples of the training split, calibrated on the validation split)
-    or load the cached ensemble of the profile's model; returns it and its file's ``extra`` dict (member
-    histories' best epochs and wall times, the split fingerprint)."""
+    or load the cached ensemble of the profile's model (reading the profile's site embeddings, which are
+    attached to ``prep``'s graphs); returns it and its file's ``extra`` dict (member histories' best epochs
+    and wall times, the split fingerprint)."""
     from xanes_utils.ensemble import load_ensemble, save_ensemble, train_ensemble
 
     path = ensemble_path(profile, data)
-    model_config = getattr(ModelConfig, profile.model)()
+    model_config = getattr(ModelConfig, profile.model)(site_embedding=profile.site_embedding)
+    if model_config.site_embedding:
+        with_site_embeddings(prep, profile, data)
     if path.exists() and not retrain:
         try:
             model, extra = load_ensemble(path)
