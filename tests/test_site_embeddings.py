@@ -11,12 +11,10 @@ import torch
 from pymatgen.core import Lattice, Structure
 from torch_geometric.data import Batch
 
-pytest.importorskip("chgnet")
-
-from xanes_utils.dense import DenseGraphs  # noqa: E402
-from xanes_utils.graphs import build_graph  # noqa: E402
-from xanes_utils.model import ModelConfig, XanesGAT  # noqa: E402
-from xanes_utils.site_embeddings import (  # noqa: E402
+from xanes_utils.dense import DenseGraphs
+from xanes_utils.graphs import build_graph
+from xanes_utils.model import ModelConfig, XanesGAT
+from xanes_utils.site_embeddings import (
     SITE_EMBEDDING_DIM, atom_features, attach_site_embeddings, site_embeddings,
 )
 

@@ -4,8 +4,9 @@ Substituted prototypes keep the parent's geometry with a heuristically rescaled 
 can be off by several per cent, which moves XANES features. :func:`relax_structure` relaxes atoms and
 cell (FIRE, ``fmax`` eV/Å) on the CPU, offline, and refuses implausible results (not converged, a
 volume change beyond ``MAX_VOLUME_CHANGE``, atoms closer than ``MIN_DISTANCE``, non-finite energy) with a
-:class:`RelaxError` that names the structure and the problem. CHGNet (``pip install chgnet``; Modified
-BSD licence) is an optional dependency, needed only to build the dataset, never to predict.
+:class:`RelaxError` that names the structure and the problem. CHGNet (Modified BSD licence) is a
+dependency: the ensemble that ``predict`` ships also reads its site embeddings
+(:mod:`xanes_utils.site_embeddings`).
 """
 
 from __future__ import annotations
