@@ -204,3 +204,49 @@ def test_graphs_with_the_wrong_number_of_slots_are_refused(batch):
     model = XanesGAT(ModelConfig.from_dict(TINY.to_dict() | {"neighbours": 32}))
     with pytest.raises(ValueError, match="32 neighbour slots"):
         model(batch)
+
+
+def test_weighted_batch_norm_gradients_match_torch():
+    """The hand-written backward of the weighted BatchNorm against autograd through torch's BatchNorm1d:
+    weights all ones, and integer weights as repeated rows."""
+    torch.manual_seed(0)
+    h = torch.randn(9, 4, dtype=torch.float64)
+    grad = torch.randn(9, 4, dtype=torch.float64)
+    weight = torch.tensor([3.0, 1, 2, 1, 1, 1, 4, 1, 1], dtype=torch.float64)
+    repeats = weight.long()
+    for w in (torch.ones(9, dtype=torch.float64), weight):
+        ours, theirs = torch.nn.BatchNorm1d(4).double(), torch.nn.BatchNorm1d(4).double()
+        with torch.no_grad():
+            for bn in (ours, theirs):
+                bn.weight.copy_(torch.linspace(0.5, 2.0, 4))
+                bn.bias.copy_(torch.linspace(-1.0, 1.0, 4))
+        x_ours, x_theirs = h.clone().requires_grad_(), h.clone().requires_grad_()
+        out = weighted_batch_norm(ours, x_ours, w)
+        # the loss weights each row by its weight in ours; in theirs a row repeated w times appears w times
+        (out * grad * w.unsqueeze(1)).sum().backward()
+        full = theirs(x_theirs.repeat_interleave(repeats if w is weight else torch.ones_like(repeats), 0))
+        (full * grad.repeat_interleave(repeats if w is weight else torch.ones_like(repeats), 0)).sum().backward()
+        assert torch.allclose(x_ours.grad, x_theirs.grad, atol=1e-10)
+        assert torch.allclose(ours.weight.grad, theirs.weight.grad, atol=1e-10)
+        assert torch.allclose(ours.bias.grad, theirs.bias.grad, atol=1e-10)
+        assert torch.allclose(ours.running_var, theirs.running_var, atol=1e-12)
+
+
+def test_plain_operations_for_torch_compile_equal_the_hand_written_backward(batch, monkeypatch):
+    """Under torch.compile the fast path runs plain tensor operations instead of its autograd.Functions:
+    same outputs, gradients and running statistics (checked here in eager mode)."""
+    results = []
+    for compiling in (False, True):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+        torch.manual_seed(0)
+        model = XanesGAT(ModelConfig.from_dict(TINY.to_dict() | {"readout": "cell"}))
+        out, internals = run(model, batch, "fast", train=True)
+        (torch.nn.functional.l1_loss(out, batch.y) + internals["attention_weights"].square().sum()).backward()
+        results.append((out, internals["attention_weights"], {k: p.grad for k, p in model.named_parameters()},
+                        {k: v.clone() for k, v in model.state_dict().items()}))
+    (out_a, att_a, grad_a, state_a), (out_b, att_b, grad_b, state_b) = results
+    assert torch.allclose(out_a, out_b, atol=1e-6) and torch.allclose(att_a, att_b, atol=1e-7)
+    for key in grad_a:
+        assert torch.allclose(grad_a[key], grad_b[key], atol=1e-6, rtol=1e-4), key
+    for key in state_a:
+        assert torch.allclose(state_a[key].float(), state_b[key].float(), atol=1e-6), key
