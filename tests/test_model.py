@@ -250,3 +250,20 @@ def test_plain_operations_for_torch_compile_equal_the_hand_written_backward(batc
         assert torch.allclose(grad_a[key], grad_b[key], atol=1e-6, rtol=1e-4), key
     for key in state_a:
         assert torch.allclose(state_a[key].float(), state_b[key].float(), atol=1e-6), key
+
+
+def test_training_with_compile_falls_back_to_eager_when_compilation_fails(batch, monkeypatch, caplog):
+    """TrainConfig(compile=True) wraps the model in torch.compile; a compiler failure is logged and training
+    goes on in eager mode (the compiled path itself is timed in benchmarks/train_speed.py, not tested)."""
+    from xanes_utils.train import TrainConfig, train
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: failing)
+    graphs = batch.to_data_list()
+    with caplog.at_level("WARNING", logger="xanes_utils.train"):
+        model, history = train(graphs, graphs[:2], TINY, TrainConfig(epochs=2, batch_size=4, compile=True),
+                               progress=False)
+    assert len(history.train_loss) == 2 and np.isfinite(history.train_loss).all()
+    assert "torch.compile failed (RuntimeError: no compiler here)" in caplog.text
