@@ -267,3 +267,19 @@ def test_training_with_compile_falls_back_to_eager_when_compilation_fails(batch,
                                progress=False)
     assert len(history.train_loss) == 2 and np.isfinite(history.train_loss).all()
     assert "torch.compile failed (RuntimeError: no compiler here)" in caplog.text
+
+
+def test_eval_in_chunks_equals_one_pass(batch, monkeypatch):
+    """In eval mode the fast path computes large batches in chunks of graphs: same outputs and internals."""
+    import xanes_utils.model as model_module
+
+    torch.manual_seed(0)
+    model = XanesGAT(TINY)
+    run(model, batch, "fast", train=True)  # running statistics away from their initial values
+    whole = run(model, batch, "fast", train=False)
+    monkeypatch.setattr(model_module, "EVAL_CHUNK", 3)
+    chunked = run(model, batch, "fast", train=False)
+    assert torch.allclose(whole[0], chunked[0], atol=1e-6)
+    for key in ("conv1", "attention", "mlp2", "attention_weights"):
+        assert torch.allclose(whole[1][key], chunked[1][key], atol=1e-6), key
+    assert torch.allclose(whole[1]["absorber"]["conv3"], chunked[1]["absorber"]["conv3"], atol=1e-6)

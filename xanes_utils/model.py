@@ -81,6 +81,7 @@ log = logging.getLogger(__name__)
 READOUTS = ("local", "cell")
 ATTENTION_SCORES = ("centred", "paper")
 IMPLEMENTATIONS = ("fast", "reference")
+EVAL_CHUNK = 256  # graphs per chunk of the fast path in eval mode (no new memory pages per call; see _encode_fast)
 
 
 @dataclass
@@ -220,8 +221,8 @@ def weighted_batch_norm(bn: nn.BatchNorm1d, h: Tensor, weight: Tensor) -> Tensor
 
 
 def _elu_(z: Tensor) -> Tensor:
-    """ELU in place on ``z``, as ``max(z, exp(min(z, 0)) - 1)``: float-equal to :func:`torch.nn.functional.elu`
-    (within an ulp of 1) and faster on the CPU, where ``expm1`` is not vectorised."""
+    """ELU in place on ``z``, as ``max(z, exp(min(z, 0)) - 1)``: equal to :func:`torch.nn.functional.elu`
+    within an ulp of 1, and faster on the CPU, where ``expm1`` is not vectorised (used in training only)."""
     return torch.maximum(z, z.clamp_max(0.0).exp_().sub_(1.0), out=z)
 
 
@@ -265,10 +266,10 @@ class _SlotAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, pair_term: Tensor, inputs: Tensor, edge_weight: Tensor, key_vec: Tensor,
-                key_bias: Tensor, slots: Slots, scale: float, centred: bool) -> tuple[Tensor, Tensor]:
+                key_bias: Tensor, slots: Slots, root: float, centred: bool) -> tuple[Tensor, Tensor]:
         f = _elu_(pair_term.index_select(0, slots.pair).addmm_(inputs, edge_weight.t()))  # [S, d]
         product = slots.per_slot(key_vec).mul_(f)
-        score = (product.sum(-1) + slots.per_slot(key_bias)) * scale  # [S]
+        score = (product.sum(-1) + slots.per_slot(key_bias)) / root  # [S]
         count = slots.count
         n_neighbours = slots.graph_sum(count)
         if centred:  # minus the mean over the absorber's neighbours
@@ -278,7 +279,7 @@ class _SlotAttention(torch.autograd.Function):
         weight = weight / slots.per_slot(slots.graph_sum(weight * count))  # one neighbour's softmax weight
         counted = weight * count
         ctx.save_for_backward(f, key_vec, bounded, weight, counted, inputs, n_neighbours)
-        ctx.slots, ctx.scale, ctx.centred = slots, scale, centred
+        ctx.slots, ctx.root, ctx.centred = slots, root, centred
         return slots.graph_matrix(counted) @ f, weight
 
     @staticmethod
@@ -297,7 +298,7 @@ class _SlotAttention(torch.autograd.Function):
         d_score = d_e * weight * (1.0 - bounded.square())
         if ctx.centred:
             d_score = d_score - count * slots.per_slot(slots.graph_sum(d_score) / n_neighbours)
-        d_raw = d_score * ctx.scale  # gradient of f . key_vec_i + key_bias_i
+        d_raw = d_score / ctx.root  # gradient of f . key_vec_i + key_bias_i
         grad_key_vec = slots.graph_matrix(d_raw) @ f
         grad_key_bias = slots.graph_sum(d_raw)
         n_graphs = slots.n_graphs
@@ -311,22 +312,28 @@ class _SlotAttention(torch.autograd.Function):
         return grad_pair, None, grad_edge_weight, grad_key_vec, grad_key_bias, None, None, None
 
 
+def _hand_written() -> bool:
+    """Whether the slot computations run through their autograd.Functions: when gradients are recorded, in
+    eager mode. Inference runs the plain operations (the same numbers, bit for bit, as before the Functions);
+    :func:`torch.compile` fuses the plain operations itself."""
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
 def slot_gate(inputs: Tensor, weight: Tensor, bias: Tensor, slots: Slots) -> Tensor:
-    """``sum_j ELU(W e_j + b)`` over each pair's neighbours [P, d]: :class:`_SlotGate` in eager mode; under
-    :func:`torch.compile`, which fuses them itself, the same maths in plain tensor operations."""
-    if not torch.compiler.is_compiling():
+    """``sum_j ELU(W e_j + b)`` over each pair's neighbours [P, d]: :class:`_SlotGate` or the same maths in
+    plain tensor operations (see :func:`_hand_written`)."""
+    if _hand_written():
         return _SlotGate.apply(inputs, weight, bias, slots)
     return slots.pair_sum(F.elu(F.linear(inputs, weight, bias)) * slots.count.unsqueeze(1))
 
 
 def slot_attention(pair_term: Tensor, inputs: Tensor, edge_weight: Tensor, key_vec: Tensor, key_bias: Tensor,
-                   slots: Slots, scale: float, centred: bool) -> tuple[Tensor, Tensor]:
-    """:class:`_SlotAttention` in eager mode; under :func:`torch.compile` the same maths in plain tensor
-    operations (see :func:`slot_gate`)."""
-    if not torch.compiler.is_compiling():
-        return _SlotAttention.apply(pair_term, inputs, edge_weight, key_vec, key_bias, slots, scale, centred)
+                   slots: Slots, root: float, centred: bool) -> tuple[Tensor, Tensor]:
+    """:class:`_SlotAttention` or the same maths in plain tensor operations (see :func:`_hand_written`)."""
+    if _hand_written():
+        return _SlotAttention.apply(pair_term, inputs, edge_weight, key_vec, key_bias, slots, root, centred)
     f = F.elu(torch.addmm(pair_term.index_select(0, slots.pair), inputs, edge_weight.t()))  # [S, d]
-    score = ((f * slots.per_slot(key_vec)).sum(-1) + slots.per_slot(key_bias)) * scale  # [S]
+    score = ((f * slots.per_slot(key_vec)).sum(-1) + slots.per_slot(key_bias)) / root  # [S]
     if centred:
         score = score - slots.per_slot(slots.graph_sum(score * slots.count) / slots.graph_sum(slots.count))
     weight = torch.exp(torch.tanh(score))
@@ -425,7 +432,7 @@ class StarAttentionHead(MessagePassing):
         key_vec = query @ self.lin_k.weight  # W_k^T (w * q_i): [B, d_in]
         key_bias = query @ self.lin_k.bias  # (w * q_i) . b_k: [B]
         summed, weight = slot_attention(pair_term, slots.inputs, w_e, key_vec, key_bias, slots,
-                                        1.0 / math.sqrt(self.head_dim), self.score == "centred")
+                                        math.sqrt(self.head_dim), self.score == "centred")
         rows = torch.cat([self.lin(absorber + summed), self.lin(table)])
         rows_weight = torch.cat([table_weight.new_ones(n_graphs), table_weight])
         out = weighted_batch_norm(self.bn, rows, rows_weight)
@@ -570,8 +577,17 @@ class XanesGAT(nn.Module):
 
     def _encode_fast(self, dense: DenseGraphs, internals: bool) -> tuple[dict, dict, Tensor]:
         """Absorbers plus one row per element present, on the counted neighbour slots; the same numbers as
-        the reference."""
+        the reference. With BatchNorm on running statistics every graph is computed independently, so large
+        batches run in chunks of :data:`EVAL_CHUNK` graphs: their per-slot tensors stay small enough to be reused
+        by the memory allocator instead of being mapped (and page-faulted) afresh on every call."""
         n_graphs = len(dense)
+        norms = [layer.bn for layer in (*self.convs, *self.heads)]
+        if n_graphs > EVAL_CHUNK and not any(bn.training or not bn.track_running_stats for bn in norms):
+            parts = [self._encode_fast(dense.select(slice(i, i + EVAL_CHUNK)), internals)
+                     for i in range(0, n_graphs, EVAL_CHUNK)]
+            pooled, absorber = ({key: torch.cat([part[j][key] for part in parts]) for key in parts[0][j]}
+                                for j in (0, 1))
+            return pooled, absorber, torch.cat([part[2] for part in parts])
         slots = Slots.of(dense)
         present = slots.z
         if self.config.readout == "cell":
