@@ -324,7 +324,7 @@ def slot_gate(inputs: Tensor, weight: Tensor, bias: Tensor, slots: Slots) -> Ten
     plain tensor operations (see :func:`_hand_written`)."""
     if _hand_written():
         return _SlotGate.apply(inputs, weight, bias, slots)
-    return slots.pair_sum(F.elu(F.linear(inputs, weight, bias)) * slots.count.unsqueeze(1))
+    return slots.pair_sum(F.elu(F.linear(inputs, weight, bias), inplace=True) * slots.count.unsqueeze(1))
 
 
 def slot_attention(pair_term: Tensor, inputs: Tensor, edge_weight: Tensor, key_vec: Tensor, key_bias: Tensor,
@@ -332,7 +332,7 @@ def slot_attention(pair_term: Tensor, inputs: Tensor, edge_weight: Tensor, key_v
     """:class:`_SlotAttention` or the same maths in plain tensor operations (see :func:`_hand_written`)."""
     if _hand_written():
         return _SlotAttention.apply(pair_term, inputs, edge_weight, key_vec, key_bias, slots, root, centred)
-    f = F.elu(torch.addmm(pair_term.index_select(0, slots.pair), inputs, edge_weight.t()))  # [S, d]
+    f = F.elu(torch.addmm(pair_term.index_select(0, slots.pair), inputs, edge_weight.t()), inplace=True)  # [S, d]
     score = ((f * slots.per_slot(key_vec)).sum(-1) + slots.per_slot(key_bias)) / root  # [S]
     if centred:
         score = score - slots.per_slot(slots.graph_sum(score * slots.count) / slots.graph_sum(slots.count))
