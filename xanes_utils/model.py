@@ -374,7 +374,7 @@ class StarConv(MessagePassing):
         """
         per_pair = slot_gate(slots.inputs, self.lin_edge.weight, self.lin_edge.bias, slots)  # [P, d_in]
         summed = slots.pair_graph_sum(per_pair * table.index_select(0, pair_row))  # times x_j, the element's row
-        rows = torch.cat([self.lin(absorber + summed), self.lin(table)])
+        rows = self.lin(torch.cat([absorber + summed, table]))  # one product for absorbers and elements
         weight = torch.cat([table_weight.new_ones(absorber.shape[0]), table_weight])
         out = weighted_batch_norm(self.bn, rows, weight)
         return out[:absorber.shape[0]], out[absorber.shape[0]:]
@@ -433,7 +433,7 @@ class StarAttentionHead(MessagePassing):
         key_bias = query @ self.lin_k.bias  # (w * q_i) . b_k: [B]
         summed, weight = slot_attention(pair_term, slots.inputs, w_e, key_vec, key_bias, slots,
                                         math.sqrt(self.head_dim), self.score == "centred")
-        rows = torch.cat([self.lin(absorber + summed), self.lin(table)])
+        rows = self.lin(torch.cat([absorber + summed, table]))  # one product for absorbers and elements
         rows_weight = torch.cat([table_weight.new_ones(n_graphs), table_weight])
         out = weighted_batch_norm(self.bn, rows, rows_weight)
         return out[:n_graphs], out[n_graphs:], weight
