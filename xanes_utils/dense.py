@@ -186,8 +186,7 @@ class Slots(NamedTuple):
     (the flat slot of each neighbour edge; any slot on dummy edges). Slots of one graph and element form
     a *pair* (P of them): ``pair`` [S] is each slot's (ascending: a pair's slots are contiguous),
     ``pair_graph`` [P] and ``pair_z`` [P] describe them. ``graph_ptr`` [B + 1] and ``pair_ptr`` [P + 1]
-    delimit the slots of each graph and pair (CSR row pointers), ``pair_graph_ptr`` [B + 1] the pairs of
-    each graph; ``columns`` is ``arange(S)``."""
+    delimit the slots of each graph and pair (CSR row pointers); ``columns`` is ``arange(S)``."""
 
     inputs: Tensor
     z: Tensor
@@ -200,7 +199,6 @@ class Slots(NamedTuple):
     pair_z: Tensor
     graph_ptr: Tensor
     pair_ptr: Tensor
-    pair_graph_ptr: Tensor
     columns: Tensor
 
     @classmethod
@@ -218,11 +216,8 @@ class Slots(NamedTuple):
             key, z, inputs, count = key[order], z[order], inputs[order], count[order]
             edge_index = torch.argsort(order)[edge_index]
         pairs, pair, pair_size = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
-        pair_graph = pairs // (MAX_Z + 1)
-        return cls(inputs, z, graph, count, len(dense), edge_index, pair, pair_graph, pairs % (MAX_Z + 1),
-                   _pointers(per_graph), _pointers(pair_size),
-                   _pointers(torch.bincount(pair_graph, minlength=len(dense))),
-                   torch.arange(len(z), device=used.device))
+        return cls(inputs, z, graph, count, len(dense), edge_index, pair, pairs // (MAX_Z + 1), pairs % (MAX_Z + 1),
+                   _pointers(per_graph), _pointers(pair_size), torch.arange(len(z), device=used.device))
 
     def graph_sum(self, values: Tensor) -> Tensor:
         """Per-graph sums [B, ...] of per-slot ``values`` [S, ...] (not weighted by the counts)."""
