@@ -110,3 +110,38 @@ def test_collating_in_chunks_gives_the_same_tensors():
         for name in ("x", "slot_inputs", "slot_z", "slot_count", "edge_slot", "edge_mask", "cell_counts"):
             assert torch.equal(getattr(parts, name), getattr(whole, name)), (chunk, name)
         assert parts.y is None and whole.y is None
+
+
+def test_slots_in_any_column_order_give_the_same_model():
+    """Slots.of sorts slots by (graph, element) when a DenseGraphs lists them otherwise: the flattened slots,
+    their edges and the model's outputs and gradients do not depend on the column order."""
+    rng = np.random.default_rng(0)
+    graphs = [build_graph(s, 0, y=rng.random(111)) for s in (distorted(), rocksalt("Ni", 4.17), cluster())]
+    dense = DenseGraphs.from_graphs(graphs, 20)
+    k = dense.slot_count.shape[1]
+    used = (dense.slot_count > 0).sum(1).tolist()  # shuffle each row's used slots, which stay at the front
+    order = torch.stack([torch.cat([torch.randperm(n, generator=torch.Generator().manual_seed(row)),
+                                    torch.arange(n, k)]) for row, n in enumerate(used)])
+    inverse = torch.argsort(order, dim=1)
+    shuffled = DenseGraphs(dense.x, dense.slot_inputs.gather(1, order.unsqueeze(-1).expand_as(dense.slot_inputs)),
+                           dense.slot_z.gather(1, order), dense.slot_count.gather(1, order),
+                           inverse.gather(1, dense.edge_slot), dense.edge_mask, dense.cell_counts, dense.y,
+                           dense.angular)
+    a, b = Slots.of(dense), Slots.of(shuffled)
+    assert not torch.equal(shuffled.slot_z, dense.slot_z)
+    mask = dense.edge_mask
+    assert torch.equal(a.inputs[a.edge_index[mask]], b.inputs[b.edge_index[mask]])  # each edge keeps its slot
+    assert torch.equal(a.z[a.edge_index[mask]], b.z[b.edge_index[mask]])
+    assert torch.equal(b.pair, torch.sort(b.pair).values) and torch.equal(a.pair_z, b.pair_z)
+    results = []
+    for data in (dense, shuffled):
+        torch.manual_seed(0)
+        model = XanesGAT(TINY)
+        torch.manual_seed(1)
+        out, internals = model(data, return_internals=True)
+        torch.nn.functional.l1_loss(out, data.y).backward()
+        results.append((out, internals["attention_weights"], [p.grad for p in model.parameters()]))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+    for g_a, g_b in zip(results[0][2], results[1][2]):
+        assert torch.allclose(g_a, g_b, atol=1e-6, rtol=1e-4)

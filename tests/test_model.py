@@ -204,3 +204,82 @@ def test_graphs_with_the_wrong_number_of_slots_are_refused(batch):
     model = XanesGAT(ModelConfig.from_dict(TINY.to_dict() | {"neighbours": 32}))
     with pytest.raises(ValueError, match="32 neighbour slots"):
         model(batch)
+
+
+def test_weighted_batch_norm_gradients_match_torch():
+    """The hand-written backward of the weighted BatchNorm against autograd through torch's BatchNorm1d:
+    weights all ones, and integer weights as repeated rows."""
+    torch.manual_seed(0)
+    h = torch.randn(9, 4, dtype=torch.float64)
+    grad = torch.randn(9, 4, dtype=torch.float64)
+    weight = torch.tensor([3.0, 1, 2, 1, 1, 1, 4, 1, 1], dtype=torch.float64)
+    repeats = weight.long()
+    for w in (torch.ones(9, dtype=torch.float64), weight):
+        ours, theirs = torch.nn.BatchNorm1d(4).double(), torch.nn.BatchNorm1d(4).double()
+        with torch.no_grad():
+            for bn in (ours, theirs):
+                bn.weight.copy_(torch.linspace(0.5, 2.0, 4))
+                bn.bias.copy_(torch.linspace(-1.0, 1.0, 4))
+        x_ours, x_theirs = h.clone().requires_grad_(), h.clone().requires_grad_()
+        out = weighted_batch_norm(ours, x_ours, w)
+        # the loss weights each row by its weight in ours; in theirs a row repeated w times appears w times
+        (out * grad * w.unsqueeze(1)).sum().backward()
+        full = theirs(x_theirs.repeat_interleave(repeats if w is weight else torch.ones_like(repeats), 0))
+        (full * grad.repeat_interleave(repeats if w is weight else torch.ones_like(repeats), 0)).sum().backward()
+        assert torch.allclose(x_ours.grad, x_theirs.grad, atol=1e-10)
+        assert torch.allclose(ours.weight.grad, theirs.weight.grad, atol=1e-10)
+        assert torch.allclose(ours.bias.grad, theirs.bias.grad, atol=1e-10)
+        assert torch.allclose(ours.running_var, theirs.running_var, atol=1e-12)
+
+
+def test_plain_operations_for_torch_compile_equal_the_hand_written_backward(batch, monkeypatch):
+    """Under torch.compile the fast path runs plain tensor operations instead of its autograd.Functions:
+    same outputs, gradients and running statistics (checked here in eager mode)."""
+    results = []
+    for compiling in (False, True):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+        torch.manual_seed(0)
+        model = XanesGAT(ModelConfig.from_dict(TINY.to_dict() | {"readout": "cell"}))
+        out, internals = run(model, batch, "fast", train=True)
+        (torch.nn.functional.l1_loss(out, batch.y) + internals["attention_weights"].square().sum()).backward()
+        results.append((out, internals["attention_weights"], {k: p.grad for k, p in model.named_parameters()},
+                        {k: v.clone() for k, v in model.state_dict().items()}))
+    (out_a, att_a, grad_a, state_a), (out_b, att_b, grad_b, state_b) = results
+    assert torch.allclose(out_a, out_b, atol=1e-6) and torch.allclose(att_a, att_b, atol=1e-7)
+    for key in grad_a:
+        assert torch.allclose(grad_a[key], grad_b[key], atol=1e-6, rtol=1e-4), key
+    for key in state_a:
+        assert torch.allclose(state_a[key].float(), state_b[key].float(), atol=1e-6), key
+
+
+def test_training_with_compile_falls_back_to_eager_when_compilation_fails(batch, monkeypatch, caplog):
+    """TrainConfig(compile=True) wraps the model in torch.compile; a compiler failure is logged and training
+    goes on in eager mode (the compiled path itself is timed in benchmarks/train_speed.py, not tested)."""
+    from xanes_utils.train import TrainConfig, train
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: failing)
+    graphs = batch.to_data_list()
+    with caplog.at_level("WARNING", logger="xanes_utils.train"):
+        model, history = train(graphs, graphs[:2], TINY, TrainConfig(epochs=2, batch_size=4, compile=True),
+                               progress=False)
+    assert len(history.train_loss) == 2 and np.isfinite(history.train_loss).all()
+    assert "torch.compile failed (RuntimeError: no compiler here)" in caplog.text
+
+
+def test_eval_in_chunks_equals_one_pass(batch, monkeypatch):
+    """In eval mode the fast path computes large batches in chunks of graphs: same outputs and internals."""
+    import xanes_utils.model as model_module
+
+    torch.manual_seed(0)
+    model = XanesGAT(TINY)
+    run(model, batch, "fast", train=True)  # running statistics away from their initial values
+    whole = run(model, batch, "fast", train=False)
+    monkeypatch.setattr(model_module, "EVAL_CHUNK", 3)
+    chunked = run(model, batch, "fast", train=False)
+    assert torch.allclose(whole[0], chunked[0], atol=1e-6)
+    for key in ("conv1", "attention", "mlp2", "attention_weights"):
+        assert torch.allclose(whole[1][key], chunked[1][key], atol=1e-6), key
+    assert torch.allclose(whole[1]["absorber"]["conv3"], chunked[1]["absorber"]["conv3"], atol=1e-6)

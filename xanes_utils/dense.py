@@ -16,6 +16,7 @@ their contents; ``edge_slot`` gives the slot of each neighbour edge (for per-edg
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Sequence
 
@@ -25,6 +26,8 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
 from xanes_utils.graphs import MAX_Z
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # used in Slots
 
 if TYPE_CHECKING:
     from xanes_utils.model import ModelConfig
@@ -183,7 +186,9 @@ class Slots(NamedTuple):
     """The used slots of a batch, flattened: ``inputs`` [S, edge_dim], ``z`` [S], ``graph`` [S] (the
     batch row of each slot, ascending), ``count`` [S] float; ``n_graphs`` B and ``edge_index`` [B, n]
     (the flat slot of each neighbour edge; any slot on dummy edges). Slots of one graph and element form
-    a *pair* (P of them): ``pair`` [S] is each slot's, ``pair_graph`` [P] and ``pair_z`` [P] describe them."""
+    a *pair* (P of them): ``pair`` [S] is each slot's (ascending: a pair's slots are contiguous),
+    ``pair_graph`` [P] and ``pair_z`` [P] describe them. ``graph_ptr`` [B + 1] and ``pair_ptr`` [P + 1]
+    delimit the slots of each graph and pair (CSR row pointers); ``columns`` is ``arange(S)``."""
 
     inputs: Tensor
     z: Tensor
@@ -194,18 +199,27 @@ class Slots(NamedTuple):
     pair: Tensor
     pair_graph: Tensor
     pair_z: Tensor
+    graph_ptr: Tensor
+    pair_ptr: Tensor
+    columns: Tensor
 
     @classmethod
     def of(cls, dense: DenseGraphs) -> Slots:
-        """Flatten the used slots of ``dense``."""
+        """Flatten the used slots of ``dense``, ordered by graph and element."""
         used = dense.slot_count > 0
         per_graph = used.sum(1)
         first = torch.cumsum(per_graph, 0) - per_graph
         graph = torch.arange(len(dense), device=used.device).repeat_interleave(per_graph)
-        z = dense.slot_z[used]
-        pairs, pair = torch.unique(graph * (MAX_Z + 1) + z, return_inverse=True)
-        return cls(dense.slot_inputs[used], z, graph, dense.slot_count[used], len(dense),
-                   first.unsqueeze(1) + dense.edge_slot, pair, pairs // (MAX_Z + 1), pairs % (MAX_Z + 1))
+        z, inputs, count = dense.slot_z[used], dense.slot_inputs[used], dense.slot_count[used]
+        edge_index = first.unsqueeze(1) + dense.edge_slot
+        key = graph * (MAX_Z + 1) + z
+        if bool((key[1:] < key[:-1]).any()):  # collated slots are sorted by element already
+            order = torch.argsort(key, stable=True)
+            key, z, inputs, count = key[order], z[order], inputs[order], count[order]
+            edge_index = torch.argsort(order)[edge_index]
+        pairs, pair, pair_size = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
+        return cls(inputs, z, graph, count, len(dense), edge_index, pair, pairs // (MAX_Z + 1), pairs % (MAX_Z + 1),
+                   _pointers(per_graph), _pointers(pair_size), torch.arange(len(z), device=used.device))
 
     def graph_sum(self, values: Tensor) -> Tensor:
         """Per-graph sums [B, ...] of per-slot ``values`` [S, ...] (not weighted by the counts)."""
@@ -222,3 +236,19 @@ class Slots(NamedTuple):
     def pair_graph_sum(self, values: Tensor) -> Tensor:
         """Per-graph sums [B, ...] of per-pair ``values`` [P, ...]."""
         return values.new_zeros((self.n_graphs, *values.shape[1:])).index_add_(0, self.pair_graph, values)
+
+    def graph_matrix(self, weight: Tensor) -> Tensor:
+        """Sparse CSR [B, S] with ``weight`` [S] at (graph of the slot, slot): ``@ values`` [S, d] gives
+        the per-graph weighted sums, in one pass over ``values``."""
+        return torch.sparse_csr_tensor(self.graph_ptr, self.columns, weight, (self.n_graphs, len(self.columns)),
+                                       check_invariants=False)
+
+    def pair_matrix(self, weight: Tensor) -> Tensor:
+        """Sparse CSR [P, S] with ``weight`` [S] at (pair of the slot, slot) (see :meth:`graph_matrix`)."""
+        return torch.sparse_csr_tensor(self.pair_ptr, self.columns, weight, (len(self.pair_z), len(self.columns)),
+                                       check_invariants=False)
+
+
+def _pointers(sizes: Tensor) -> Tensor:
+    """CSR row pointers [n + 1] of rows with ``sizes`` [n] entries."""
+    return torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)])

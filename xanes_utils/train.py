@@ -47,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 1e-3
     seed: int = 0
     device: str = "auto"
+    compile: bool = False  # training steps through torch.compile (falls back to eager, logged, if it fails)
 
     def resolved_device(self) -> torch.device:
         """``auto`` picks CUDA when present, else the CPU."""
@@ -141,6 +142,24 @@ def _l1_by_element(model: XanesGAT, graphs: Sequence[Data], batch_size: int,
     return float(err.mean()), {el: float(err[elements == el].mean()) for el in dict.fromkeys(elements.tolist())}
 
 
+class _CompiledOrEager:
+    """Forward passes of ``model`` through ``torch.compile(model, dynamic=True)``; if compiling or running
+    the compiled model fails, the failure is logged and ``model`` runs in eager mode from then on."""
+
+    def __init__(self, model: XanesGAT) -> None:
+        self.model = model
+        self.compiled: torch.nn.Module | None = torch.compile(model, dynamic=True)
+
+    def __call__(self, batch: DenseGraphs | Data) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(batch)
+            except Exception as exc:  # any compiler or backend error: train on in eager mode
+                log.warning("torch.compile failed (%s: %s); training in eager mode", type(exc).__name__, exc)
+                self.compiled = None
+        return self.model(batch)
+
+
 def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config: ModelConfig,
           config: TrainConfig | None = None, progress: bool = True) -> tuple[XanesGAT, History]:
     """Train a fresh model; return it with the best-validation weights loaded, and its history
@@ -154,6 +173,7 @@ def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config
     device = config.resolved_device()
     model = XanesGAT(model_config).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    forward = _CompiledOrEager(model) if config.compile else model
     generator = torch.Generator().manual_seed(config.seed)
     loader = GraphLoader(collate_for(model_config, train_graphs), config.batch_size, shuffle=True,
                          generator=generator, drop_last=len(train_graphs) > config.batch_size)
@@ -166,7 +186,7 @@ def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config
         for batch in loader:
             batch = batch.to(device)
             optimiser.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.l1_loss(model(batch), batch.y)
+            loss = torch.nn.functional.l1_loss(forward(batch), batch.y)
             loss.backward()
             optimiser.step()
             total, count = total + loss.item() * batch.num_graphs, count + batch.num_graphs
