@@ -44,11 +44,11 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", model="cpu", epochs=30, single_epochs=30, batch_size=32, lr=3e-3,
-                     homology_epochs=10),
+                     homology_epochs=10, site_embedding=64),
     "default": Profile("default", model="cpu", epochs=400, single_epochs=400, batch_size=32, lr=2e-3,
-                       homology_epochs=150),
+                       homology_epochs=150, site_embedding=64),
     "paper": Profile("paper", model="paper", epochs=800, single_epochs=800, batch_size=160, lr=1e-4,
-                     homology_epochs=200, threads=None),
+                     homology_epochs=200, threads=None, site_embedding=64),
 }
 
 
