@@ -3,9 +3,9 @@
 Two measurements, each interleaved (member, ensemble, member, ...) ``--repeat`` times, min and median:
 
 * graphs: spectra/s from prebuilt graphs (``predict_graphs`` / ``predict_ensemble``, batch 512) of the
-  embedded test split;
+  embedded test split (with the site embeddings the ensemble reads);
 * structures: spectra/s of ``xanes_utils.predict`` on the published reference structures of notebook 07
-  (symmetry analysis and graph building included).
+  (symmetry analysis, graph building and, for a model that reads them, CHGNet site embeddings included).
 
     python benchmarks/ensemble_speed.py [--repeat 5]
 """
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     ensemble, member = load_model(), load_model(member=0)
-    graphs = prepare(get_profile("default")).subset("test")
+    graphs = prepare(get_profile("default"), site_embeddings=ensemble.config.site_embedding > 0).subset("test")
     structures = [c.structure() for c in REFERENCE_STRUCTURES.values()]
     n_sites = sum(len(predict(s, model=member)) for s in structures)  # also warms up
     cases = {
