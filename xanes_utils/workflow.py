@@ -95,7 +95,8 @@ def with_site_embeddings(prep: Prepared, profile: Profile, data: str | Path | No
     from xanes_utils.site_embeddings import attach_site_embeddings
 
     if prep.graphs and "site_embedding" not in prep.graphs[0]:
-        attach_site_embeddings(prep.graphs, prep.records, cache_path=cache_dir(profile.name, data) / "site_embeddings.pt")
+        attach_site_embeddings(prep.graphs, prep.records,
+                               cache_path=cache_dir(profile.name, data) / "site_embeddings.pt")
 
 
 def model_path(profile: Profile, data: str | Path | None, name: str) -> Path:
