@@ -44,17 +44,18 @@ def test_features_see_the_environment_not_only_the_element():
 
 
 def test_site_embeddings_cache_round_trip_and_corruption(tmp_path, caplog):
-    structures, sites = [rocksalt("Ni", 4.17), rocksalt("Co", 4.26), rocksalt("Ni", 4.17)], [0, 1, 1]
+    items = [SimpleNamespace(structure=s, site=i) for s, i in
+             zip([rocksalt("Ni", 4.17), rocksalt("Co", 4.26), rocksalt("Ni", 4.17)], [0, 1, 1])]
     path = tmp_path / "emb.pt"
-    first = site_embeddings(structures, sites, path, progress=False)
+    first = site_embeddings(items, path, progress=False)
     assert first.shape == (3, SITE_EMBEDDING_DIM)
     assert torch.allclose(first[0], first[2], atol=1e-4)  # Ni site 0 and site 1 of the same NiO cell
-    assert torch.equal(site_embeddings(structures, sites, path, progress=False), first)  # from the cache
+    assert torch.equal(site_embeddings(items, path, progress=False), first)  # from the cache
     path.write_bytes(path.read_bytes()[:-7] + b"garbage")
     with caplog.at_level(logging.WARNING):
-        again = site_embeddings(structures, sites, path, progress=False)
+        again = site_embeddings(items, path, progress=False)
     assert torch.equal(again, first) and "not used" in caplog.text
-    other = site_embeddings(structures[:2], sites[:2], path, progress=False)  # a stale key: recomputed
+    other = site_embeddings(items[:2], path, progress=False)  # a stale key: recomputed
     assert torch.equal(other, first[:2])
 
 

@@ -279,7 +279,7 @@ def build_graph(structure: Structure, site: int, y: np.ndarray | torch.Tensor | 
     return _assemble(z, dist, vec, mask, counts, structure[site].specie.symbol, site, target)
 
 
-def _structure_json(item: Any) -> str:
+def structure_json(item: Any) -> str:
     """Canonical JSON of an item's structure (its stored dict when it has one, to stay lazy)."""
     as_dict = getattr(item, "structure_dict", None)
     if as_dict is None:
@@ -292,7 +292,7 @@ def cache_key(items: Sequence[Any], n_neighbours: int = N_NEIGHBOURS) -> str:
     digest = hashlib.sha256(f"{GRAPH_VERSION}|{NODE_DIM}|{EDGE_DIM}|{n_neighbours}|{CUTOFF}".encode())
     for i, item in enumerate(items):
         digest.update(f"|{getattr(item, 'id', i)}|{int(item.site)}|".encode())
-        digest.update(_structure_json(item).encode())
+        digest.update(structure_json(item).encode())
         mu = getattr(item, "mu", None)
         digest.update(b"none" if mu is None else np.ascontiguousarray(mu, dtype=np.float32).tobytes())
     return digest.hexdigest()

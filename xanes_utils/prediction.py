@@ -14,6 +14,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -124,11 +125,10 @@ def model_graphs(structure: Structure, sites: Sequence[int], config: ModelConfig
 
     graphs = [build_graph(structure, i, name=name, n_neighbours=config.neighbours) for i in sites]
     if config.site_embedding:
-        from xanes_utils.site_embeddings import site_embeddings
+        from xanes_utils.site_embeddings import attach_site_embeddings
 
-        rows = site_embeddings([structure] * len(sites), list(sites), names=[name] * len(sites), progress=False)
-        for graph, row in zip(graphs, rows):
-            graph.site_embedding = row.view(1, -1)
+        attach_site_embeddings(graphs, [SimpleNamespace(structure=structure, site=i, id=f"{name} site {i}")
+                                        for i in sites], progress=False)
     return graphs
 
 

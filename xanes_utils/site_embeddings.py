@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 from functools import lru_cache
 from pathlib import Path
@@ -26,12 +25,15 @@ import torch
 from pymatgen.core import Structure
 from torch_geometric.data import Data
 
+from xanes_utils.graphs import structure_json
 from xanes_utils.io import read_checksummed, write_checksummed
 
 log = logging.getLogger(__name__)
 
 #: Width of a site embedding (CHGNet's atom feature size).
 SITE_EMBEDDING_DIM = 64
+#: CHGNet weights used (shipped in the chgnet wheel); pinned so that an upgrade cannot change them silently.
+MODEL_NAME = "0.3.0"
 #: Format tag of the on-disk cache.
 CACHE_FORMAT = "xanes-site-embeddings/1"
 #: Structures per CHGNet batch.
@@ -45,21 +47,17 @@ def _potential() -> Any:
         from chgnet.model import CHGNet
     except ImportError as exc:
         raise ImportError("site embeddings need CHGNet: pip install 'chgnet>=0.4.2'") from exc
-    model = CHGNet.load(verbose=False)
+    model = CHGNet.load(model_name=MODEL_NAME, verbose=False)
     model.eval()
     return model
 
 
 def potential_version() -> str:
-    """Name and version of the potential whose features are used (part of every cache key)."""
+    """Name and version of the potential whose features are used (part of every cache key; the model is
+    not loaded)."""
     from importlib.metadata import version
 
-    return f"chgnet {version('chgnet')} / {_potential().version}"
-
-
-def _structure_hash(structure: Structure) -> str:
-    return hashlib.sha256(json.dumps(structure.as_dict(), sort_keys=True, separators=(",", ":")).encode()
-                          ).hexdigest()
+    return f"chgnet {version('chgnet')} / {MODEL_NAME}"
 
 
 def atom_features(structures: Sequence[Structure], names: Sequence[str] | None = None, progress: bool = True
@@ -96,15 +94,17 @@ def atom_features(structures: Sequence[Structure], names: Sequence[str] | None =
     return out
 
 
-def site_embeddings(structures: Sequence[Structure], sites: Sequence[int], cache_path: str | Path | None = None,
-                    names: Sequence[str] | None = None, progress: bool = True) -> torch.Tensor:
-    """Embeddings [n, 64] float32 of ``structures[i][sites[i]]``, computed once per distinct structure.
+def site_embeddings(items: Sequence[Any], cache_path: str | Path | None = None, progress: bool = True
+                    ) -> torch.Tensor:
+    """Embeddings [n, 64] float32 of each item's absorber (objects with ``.structure``, ``.site`` and
+    optionally ``.id``, as :func:`xanes_utils.graphs.build_graphs` takes), computed once per distinct structure.
 
     With ``cache_path`` the result is stored (with a SHA-256 sidecar) under a key of the structures, the
-    sites and the potential's version; a matching cache is loaded, a stale, unreadable or corrupt one is
-    logged and recomputed.
+    sites and the potential's version; a matching cache is loaded without reading any structure, a stale,
+    unreadable or corrupt one is logged and recomputed.
     """
-    hashes = [_structure_hash(s) for s in structures]
+    hashes = [hashlib.sha256(structure_json(it).encode()).hexdigest() for it in items]
+    sites = [int(it.site) for it in items]
     key = hashlib.sha256("|".join([potential_version(), *hashes, *map(str, sites)]).encode()).hexdigest()
     if cache_path is not None and Path(cache_path).exists():
         try:
@@ -117,10 +117,10 @@ def site_embeddings(structures: Sequence[Structure], sites: Sequence[int], cache
     first: dict[str, int] = {}
     for i, h in enumerate(hashes):
         first.setdefault(h, i)
-    order = list(first.values())
-    names = list(names) if names is not None else [f"structure {i}" for i in range(len(structures))]
-    feats = dict(zip(first, atom_features([structures[i] for i in order], [names[i] for i in order], progress)))
-    out = torch.from_numpy(np.stack([feats[h][int(site)] for h, site in zip(hashes, sites)]))
+    chosen = [items[i] for i in first.values()]
+    names = [f"item {getattr(it, 'id', i)}" for i, it in zip(first.values(), chosen)]
+    feats = dict(zip(first, atom_features([it.structure for it in chosen], names, progress)))
+    out = torch.from_numpy(np.stack([feats[h][site] for h, site in zip(hashes, sites)]))
     if cache_path is not None:
         buffer = io.BytesIO()
         torch.save({"format": CACHE_FORMAT, "key": key, "embeddings": out}, buffer)
@@ -130,10 +130,8 @@ def site_embeddings(structures: Sequence[Structure], sites: Sequence[int], cache
 
 def attach_site_embeddings(graphs: Sequence[Data], items: Sequence[Any], cache_path: str | Path | None = None,
                            progress: bool = True) -> None:
-    """Set ``site_embedding`` [1, 64] on each graph from its item (``.structure``, ``.site``, ``.id``)."""
+    """Set ``site_embedding`` [1, 64] on each graph from its item (see :func:`site_embeddings`)."""
     if len(graphs) != len(items):
         raise ValueError(f"{len(graphs)} graphs for {len(items)} items")
-    embeddings = site_embeddings([it.structure for it in items], [int(it.site) for it in items], cache_path,
-                                 [f"item {getattr(it, 'id', i)}" for i, it in enumerate(items)], progress)
-    for graph, row in zip(graphs, embeddings):
+    for graph, row in zip(graphs, site_embeddings(items, cache_path, progress)):
         graph.site_embedding = row.view(1, -1)
