@@ -3,13 +3,16 @@
     python benchmarks/real_materials.py --data ../shared/external/omnixas_cu_dev.jsonl.gz
     python benchmarks/real_materials.py --data FILE --model data/models/family_bucket.pt other.pt
     python benchmarks/real_materials.py --data FILE --model data/models/family_bucket_ensemble.pt
+    python benchmarks/real_materials.py --data FILE --model seed0.pt seed1.pt seed2.pt --combine
 
 The reference spectra are shifted once, globally, by the offset between their FEFF and our FEFF10 measured
 on a few sites (``--calibrate``; model-independent), or so that their mean matches our training mean
 (``--shift mean``). Reports, per model: median MSE, median Pearson r, η against
 the mean of our own training spectra (OmniXAS's convention) and against the real set's own mean, and the
 per-model best global shift as a diagnostic; plus the first-shell statistics of the real set. For an
-ensemble, also the coverage of its uncertainty bands and how well its domain score ranks the errors. The data
+ensemble, also the coverage of its uncertainty bands and how well its domain score ranks the errors. With
+``--combine``, also the plain average of all the models' predictions (an ensemble of separately trained
+networks, e.g. the seeds of ``model_options.py --save``). The data
 file is for development only: nothing derived from its structures or spectra is written to disk except
 ignored graph and site-embedding caches under ``cache/``.
 """
@@ -117,6 +120,14 @@ def uncertainty_row(name: str, model: Ensemble, real: RealSet) -> str:
             f"{rank_correlation(result.mu_std.mean(axis=1), mse):.2f} |")
 
 
+def score_row(name: str, real: RealSet, pred: np.ndarray) -> str:
+    """Markdown row: median MSE, median Pearson r, both η and the best extra shift of ``pred``."""
+    s = real.score(pred)
+    extra, eta = real.best_shift(pred)
+    return (f"| {name} | {s['mse_median']:.4f} | {s['pearson_median']:.3f} | {s['eta_train_mean']:.2f} | "
+            f"{s['eta_own_mean']:.2f} | {extra:+.2f} eV, {eta:.2f} |")
+
+
 def training_mean(profile_name: str = "default") -> dict[str, np.ndarray]:
     """Mean spectrum per element of the embedded data's training split (the η baseline)."""
     prep = prepare(get_profile(profile_name), None)
@@ -131,6 +142,7 @@ def main() -> None:
     parser.add_argument("--shift", default=str(FEFF_SHIFT),
                         help="global shift (eV) added to the reference energies, or 'mean' to fit it to our "
                              "training mean (default: the FEFF-calibrated %(default)s)")
+    parser.add_argument("--combine", action="store_true", help="also score the average of all models' predictions")
     parser.add_argument("--calibrate", type=int, default=0, metavar="N",
                         help="first run our FEFF10 on N sites and print the shift that aligns them")
     args = parser.parse_args()
@@ -139,6 +151,7 @@ def main() -> None:
     mean = training_mean()
     sets: dict[tuple[int, bool], RealSet] = {}
     bands: list[str] = []
+    preds: list[np.ndarray] = []
     for i, path in enumerate(args.model):
         model = load_model(path)
         kind = (model.config.neighbours, model.config.site_embedding > 0)
@@ -152,13 +165,12 @@ def main() -> None:
                   f"{shell_statistics((r.structure, r.site) for r in real.records).summary(n_species=6)}\n")
             print("| model | median MSE | median Pearson r | η (our training mean) | η (set's own mean) "
                   "| best extra shift, η |\n|---|---:|---:|---:|---:|---:|")
-        pred = predict_graphs(model, real.graphs)
-        s = real.score(pred)
-        extra, eta = real.best_shift(pred)
-        print(f"| {path} | {s['mse_median']:.4f} | {s['pearson_median']:.3f} | {s['eta_train_mean']:.2f} | "
-              f"{s['eta_own_mean']:.2f} | {extra:+.2f} eV, {eta:.2f} |")
+        preds.append(predict_graphs(model, real.graphs))
+        print(score_row(path, real, preds[-1]))
         if isinstance(model, Ensemble):
             bands.append(uncertainty_row(path, model, real))
+    if args.combine:
+        print(score_row(f"average of the {len(preds)} models", real, np.mean(preds, axis=0)))
     if bands:
         print("\n| ensemble | points within ±1σ (%) | ±2σ (%) | ±3σ (%) | sites flagged out of domain (%) "
               "| Spearman(domain score, MSE) | Spearman(mean σ, MSE) |\n|---|---:|---:|---:|---:|---:|---:|")

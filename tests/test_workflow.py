@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 
@@ -22,6 +24,14 @@ def test_profiles_and_cache_dirs(tmp_path):
     assert own.parent == RESULTS_DIR and own != cache_dir("default") and own.name.startswith("default-mine-")
     assert model_path(get_profile("default"), None, "mixed") == DEFAULT_MODEL
     assert model_path(get_profile("quick"), None, "mixed") == RESULTS_DIR / "quick" / "models" / "mixed.pt"
+
+
+def test_ensemble_config_follows_the_profile():
+    base = get_profile("default")
+    assert base.ensemble_config() == ModelConfig.cpu(site_embedding=base.site_embedding, angular=base.angular)
+    flipped = dataclasses.replace(base, angular=not base.angular, site_embedding=0)
+    assert flipped.ensemble_config().angular is (not base.angular)
+    assert flipped.ensemble_config().site_embedding == 0 and flipped.ensemble_config().edge_dim != base.ensemble_config().edge_dim
 
 
 def test_cached_json_computes_once_unless_retrain(tmp_path):

@@ -11,6 +11,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xanes_utils.model import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "results"
@@ -27,7 +31,8 @@ class Profile:
     inside a Jupyter kernel, two OpenMP threads on a 2-core machine ran small layers ~30x slower.
     ``site_embedding`` is the width of the CHGNet absorber embedding that the profile's ensemble (the model
     ``predict`` ships) reads (0: none; see :mod:`xanes_utils.site_embeddings`); the single networks of
-    notebooks 02-06 keep the paper's inputs.
+    notebooks 02-06 keep the paper's inputs. ``angular`` likewise gives the ensemble the graphs' bond-angle
+    edge features (:attr:`xanes_utils.model.ModelConfig.angular`).
     """
 
     name: str
@@ -40,6 +45,13 @@ class Profile:
     seed: int = 0
     threads: int | None = 1
     site_embedding: int = 0
+    angular: bool = False
+
+    def ensemble_config(self) -> ModelConfig:
+        """The :class:`~xanes_utils.model.ModelConfig` of the profile's ensemble."""
+        from xanes_utils.model import ModelConfig
+
+        return getattr(ModelConfig, self.model)(site_embedding=self.site_embedding, angular=self.angular)
 
 
 PROFILES: dict[str, Profile] = {

@@ -148,7 +148,7 @@ def ensemble_or_load(prep: Prepared, profile: Profile, data: str | Path | None, 
     from xanes_utils.ensemble import load_ensemble, save_ensemble, train_ensemble
 
     path = ensemble_path(profile, data)
-    model_config = getattr(ModelConfig, profile.model)(site_embedding=profile.site_embedding)
+    model_config = profile.ensemble_config()
     if model_config.site_embedding:
         with_site_embeddings(prep, profile, data)
     if path.exists() and not retrain:
