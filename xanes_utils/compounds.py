@@ -6,8 +6,12 @@ library (:func:`xanes_utils.structures.build_library`) is dominated by metals an
 module keeps, from the same sources plus robocrys' real minerals, only the absorber sites whose nearest
 neighbour is a non-metal (:func:`anion_coordinated`), and ranks them: unsubstituted real compounds first,
 then substitutions by pymatgen's data-mined substitution probability (Hautier et al., ICSD statistics),
-so that a partial dataset holds the most likely chemistry. Structures are relaxed with
-:mod:`xanes_utils.relax` when their spectra are computed (``plan --library compounds``).
+so that a partial dataset holds the most likely chemistry. The ionic sources hold too few sites of the
+rarer elements (Tc, Y, Zn, Sc, ...), so :func:`extended_library` derives more: one symmetry-distinct
+cation site substituted at a time, at any common or ICSD oxidation state that keeps the charge balanced,
+and anions exchanged within O/S/Se and F/Cl/Br/I; a structure's likelihood is then the product of its
+steps' pair probabilities. Structures are relaxed with :mod:`xanes_utils.relax` when their spectra are
+computed (``plan --library compounds``), which corrects the geometry of a substitution.
 """
 
 from __future__ import annotations
@@ -20,14 +24,14 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Element, Species, Structure
 
-from pymatgen.analysis.structure_matcher import StructureMatcher
-
 from xanes_utils.elements import ELEMENTS
+from xanes_utils.prediction import equivalent_sites
 from xanes_utils.structures import (
-    SourceStructure, allowed_oxidation_states, distinct_sites, oxidation_states, summed_volume,
-    supported_absorbers,
+    SourceStructure, StructureError, allowed_oxidation_states, check_structure, distinct_sites,
+    oxidation_states, summed_volume,
 )
 
 log = logging.getLogger(__name__)
@@ -166,7 +170,7 @@ def replace_sites(item: SourceStructure, oxi: dict[str, int], sites: Sequence[in
         return None
     structure = item.structure.copy()
     for i in sites:
-        structure.replace(i, new)
+        structure[i] = new  # keeps the site's coordinates and properties
     q_old = oxi[old]
     if q_old < 0 or q_old in allowed_oxidation_states(new):
         new_oxi = {el: q for el, q in oxi.items() if el in structure.symbol_set} | {new: q_old}
@@ -193,8 +197,6 @@ def site_substitutions(item: SourceStructure) -> list[SourceStructure]:
     """Each symmetry-distinct set of metal sites of ``item`` taken by each absorbing element not in it
     (:func:`replace_sites`), id ``<id>-<old><first site>to<new>``: one cation site of a structure with
     several, or every site of a metal at another oxidation state or size than :func:`substitute` allows."""
-    from xanes_utils.prediction import equivalent_sites  # prediction imports structures, which this module does
-
     oxi = oxidation_states(item.structure)
     out = []
     for group in sorted(set(equivalent_sites(item.structure).values())) if oxi else ():
@@ -245,12 +247,23 @@ def new_structures(existing: list[SourceStructure], candidates: list[SourceStruc
 def extended_library(base: list[SourceStructure]) -> list[SourceStructure]:
     """New ionic structures derived from a compound library ``base`` (:func:`compound_library`): the site
     substitutions (:func:`site_substitutions`) of its unsubstituted sources, then the anion substitutions
-    (:func:`anion_substitutions`) of ``base`` and of those; each with a supported absorber, and
-    deduplicated against ``base`` and one another (:func:`new_structures`)."""
+    (:func:`anion_substitutions`) of ``base`` and of those; each valid with a supported absorber
+    (:func:`xanes_utils.structures.check_structure`), and deduplicated against ``base`` and one another
+    (:func:`new_structures`)."""
     sites = [sub for item in base if not substitution_steps(item.source) for sub in site_substitutions(item)]
     anions = [sub for item in base + sites for sub in anion_substitutions(item)]
     log.info("extension: %d site and %d anion substitutions of %d structures", len(sites), len(anions), len(base))
-    return new_structures(base, [c for c in sites + anions if supported_absorbers(c.structure)])
+    return new_structures(base, [c for c in sites + anions if _usable(c)])
+
+
+def _usable(item: SourceStructure) -> bool:
+    """Whether :func:`xanes_utils.structures.check_structure` accepts ``item``'s structure (logged if not)."""
+    try:
+        check_structure(item.structure, item.id)
+    except StructureError as exc:
+        log.info("extension: %s dropped: %s", item.id, exc)
+        return False
+    return True
 
 
 def compound_sites(item: SourceStructure, element: str) -> list[int]:
