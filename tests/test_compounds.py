@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pymatgen.core import Lattice, Structure
+import pytest
+from pymatgen.core import Composition, Lattice, Structure
 
 from xanes_utils.compounds import (
-    anion_coordinated, compound_library, compound_sites, first_shell, likelihood, rank, relaxed_ids,
-    shell_statistics,
+    anion_coordinated, anion_substitutions, compound_library, compound_sites, extended_library, first_shell,
+    likelihood, new_structures, rank, relaxed_ids, replace_sites, shell_statistics, site_substitutions,
 )
-from xanes_utils.structures import SourceStructure, substitute
+from xanes_utils.structures import SourceStructure, oxidation_states, substitute
 
 
 def nio() -> SourceStructure:
@@ -55,3 +56,87 @@ def test_ranking_puts_sources_first_then_likely_substitutions():
 def test_relaxed_ids_keep_the_parent():
     (item,) = relaxed_ids([nio()])
     assert item.id == "nio-relaxed" and item.source["unrelaxed_id"] == "nio" and item.source["relaxed"]
+
+
+def olivine() -> SourceStructure:
+    """Forsterite Mg2SiO4: two distinct Mg sites (M1 4a, M2 4c)."""
+    s = Structure.from_spacegroup(
+        "Pnma", Lattice.orthorhombic(10.19, 5.98, 4.75), ["Mg", "Mg", "Si", "O", "O", "O"],
+        [[0, 0, 0], [0.2774, 0.25, 0.9915], [0.0940, 0.25, 0.4265], [0.0913, 0.25, 0.7657],
+         [0.4474, 0.25, 0.2215], [0.1628, 0.0331, 0.2777]])
+    return SourceStructure("olivine", s, {"library": "test"})
+
+
+def delafossite() -> SourceStructure:
+    """CuFeO2: Cu+ and Fe3+."""
+    s = Structure.from_spacegroup("R-3m", Lattice.hexagonal(3.03, 17.17), ["Cu", "Fe", "O"],
+                                  [[0, 0, 0], [0, 0, 0.5], [0, 0, 0.1066]])
+    return SourceStructure("delafossite", s, {"library": "test"})
+
+
+def test_anion_substitution_keeps_the_cations_and_grows_the_cell():
+    subs = {s.id: s for s in anion_substitutions(nio())}
+    assert sorted(subs) == ["nio-OtoS", "nio-OtoSe"]
+    sulfide = subs["nio-OtoS"]
+    assert sulfide.structure.composition == Composition("Ni4S4")
+    assert sulfide.structure.volume > nio().structure.volume  # S2- (1.70 A) is larger than O2- (1.26 A)
+    assert sulfide.source["substitution"] == [{"from": "O", "to": "S", "oxidation_state": -2}]
+    assert [s.id for s in anion_substitutions(nio())] == [s.id for s in anion_substitutions(nio())]
+
+
+def test_anion_substitution_chains_after_a_cation_substitution():
+    cobalt = substitute(nio(), "Ni", "Co")
+    (sulfide, _) = anion_substitutions(cobalt)
+    assert sulfide.id == "nio-NitoCo-OtoS" and sulfide.structure.composition.reduced_formula == "CoS"
+    assert [step["to"] for step in sulfide.source["substitution"]] == ["Co", "S"]
+    assert likelihood(sulfide) == pytest.approx(likelihood(cobalt) * likelihood(anion_substitutions(nio())[0]))
+
+
+def test_site_substitution_replaces_one_distinct_site():
+    src = olivine()
+    subs = {s.id: s for s in site_substitutions(src)}
+    nickel = subs["olivine-Mg0toNi"]  # M1 only: Ni2+ orders there in real (Mg,Ni)2SiO4
+    assert nickel.structure.composition.reduced_composition == Composition("MgNiSiO4")
+    (step,) = nickel.source["substitution"]
+    assert step["from"] == "Mg" and step["to"] == "Ni" and step["oxidation_state"] == 2 and len(step["sites"]) == 4
+    assert not any(key.startswith("olivine-Si") for key in subs)  # Si is not a metal
+    assert "olivine-Mg0toY" not in subs  # Y3+ cannot balance the charge of Mg2+
+
+
+def test_other_oxidation_state_when_another_ion_balances_the_charge():
+    src = delafossite()
+    fe = [i for i, site in enumerate(src.structure) if site.specie.symbol == "Fe"]
+    cadmium = replace_sites(src, oxidation_states(src.structure), fe, "Cd", "-FetoCd")  # Cd has only 2+
+    assert cadmium.id == "delafossite-FetoCd" and cadmium.structure.composition.reduced_composition == Composition("CuCdO2")
+    assert cadmium.source["substitution"] == [
+        {"from": "Fe", "to": "Cd", "oxidation_state": 3, "to_oxidation_state": 2},
+        {"from": "Cu", "to": "Cu", "oxidation_state": 1, "to_oxidation_state": 2}]
+    assert 0 < likelihood(cadmium) < likelihood(substitute(src, "Fe", "Co"))
+    assert replace_sites(nio(), {"Ni": 2, "O": -2}, [0, 1, 2, 3], "Y", "-NitoY") is None  # no Y2+
+
+
+def test_likelihood_ranks_sources_then_single_then_double_substitutions():
+    src = nio()
+    sulfide = anion_substitutions(src)[0]
+    double = anion_substitutions(substitute(src, "Ni", "Pd"))[0]
+    assert likelihood(src) == 1.0 > likelihood(sulfide) > likelihood(double) > 0
+    assert rank([double, sulfide, src]) == [src, sulfide, double]
+
+
+def test_new_structures_drops_duplicates_of_existing_and_earlier_ones():
+    src = nio()
+    again = SourceStructure("nio-copy", src.structure.copy(), {})
+    cobalt = substitute(src, "Ni", "Co")
+    cobalt2 = SourceStructure("cobalt-copy", cobalt.structure.copy(), {})
+    assert [s.id for s in new_structures([src], [again, cobalt, cobalt2])] == [cobalt.id]
+    with pytest.raises(ValueError, match="unique"):
+        new_structures([src], [src])
+
+
+def test_extended_library_derives_from_sources_and_substitutions():
+    src = nio()
+    base = [src, substitute(src, "Ni", "Co")]
+    ids = [s.id for s in extended_library(base)]
+    assert ids == [s.id for s in extended_library(base)]
+    assert {"nio-OtoS", "nio-NitoCo-OtoS", "nio-Ni0toZn"} <= set(ids)
+    assert "nio-Ni0toCo" not in ids  # a duplicate of nio-NitoCo

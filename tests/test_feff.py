@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -146,3 +147,47 @@ def test_pending_jobs_are_balanced_towards_elements_with_fewer_spectra(tmp_path)
     order = [j.element for j in balanced(jobs, tmp_path)]
     assert order == ["Cd", "Mo", "Cd", "Fe", "Mo", "Cd", "Fe", "Mo", "Fe"]
     assert set(balanced(jobs, tmp_path)) == set(jobs)
+
+
+def test_deficit_order_counts_finished_spectra_but_not_finished_jobs():
+    from xanes_utils.feff import by_deficit
+
+    jobs = [Job(f"s{i}", 0, el) for i in range(3) for el in ("Fe", "Mo")]
+    # Mo has 2 spectra already, Fe none: Fe catches up first, then ties keep the given order
+    assert [j.element for j in by_deficit(jobs, Counter(Mo=2))] == ["Fe", "Fe", "Mo", "Fe", "Mo", "Mo"]
+    # Fe's one spectrum is its first job: finished, it is not counted twice
+    assert [j.element for j in by_deficit(jobs, Counter(Fe=1))] == ["Mo", "Fe", "Mo", "Fe", "Mo", "Fe"]
+    done = {Job("s0", 0, "Fe")}
+    order = by_deficit(jobs, Counter(Fe=1), done=done.__contains__)
+    assert [j.element for j in order] == ["Mo", "Fe", "Fe", "Mo", "Fe", "Mo"]
+    assert [j.structure_id for j in order if j.element == "Fe"] == ["s0", "s1", "s2"]  # as given
+
+
+def test_compound_plan_puts_the_scarcest_element_first_and_caps_new_jobs(tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    from xanes_utils.feff import plan_compound_jobs
+    from xanes_utils.structures import SourceStructure
+
+    def oxide(metal, a, sub=None):
+        s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), [metal, "O"], [[0, 0, 0], [0.5] * 3])
+        source = {"substitution": {"from": "Ni", "to": metal, "oxidation_state": 2}} if sub else {}
+        return SourceStructure(f"{metal}O-{a}", s, source)
+
+    library = [oxide("Ni", 4.17), oxide("Ni", 4.3, sub=True), oxide("Ni", 4.4, sub=True),
+               oxide("Zn", 4.28), oxide("Zn", 4.4, sub=True)]
+    (tmp_path / "Zn").mkdir()
+    for i in range(3):  # Zn has three spectra already, Ni none
+        (tmp_path / "Zn" / f"done{i}.json.gz").write_bytes(b"x")
+    jobs = plan_compound_jobs(library, runs_dir=tmp_path)
+    assert [j.element for j in jobs] == ["Ni", "Ni", "Ni", "Zn", "Zn"]
+    assert jobs[0].structure_id == "NiO-4.17"  # the unsubstituted source leads its element
+    assert plan_compound_jobs(library, runs_dir=tmp_path) == jobs  # deterministic
+    (tmp_path / "Ni").mkdir()
+    (tmp_path / "Ni" / f"{jobs[0].id}.json.gz").write_bytes(b"x")  # one Ni job done: two Ni to go
+    assert [j.element for j in plan_compound_jobs(library, runs_dir=tmp_path)] == ["Ni", "Ni", "Ni", "Zn", "Zn"]
+    # the cap counts the kept jobs and fills up with the most likely new ones; kept jobs stay beyond it
+    capped = plan_compound_jobs(library, max_per_element=2, keep={"NiO-4.4"})
+    assert {j.structure_id for j in capped} == {"NiO-4.17", "NiO-4.4", "ZnO-4.28", "ZnO-4.4"}
+    capped = plan_compound_jobs(library, max_per_element=1, keep={"NiO-4.4", "NiO-4.3"})
+    assert {j.structure_id for j in capped} == {"NiO-4.3", "NiO-4.4", "ZnO-4.28"}

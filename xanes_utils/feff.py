@@ -29,7 +29,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Collection, Iterable, Iterator
 
 import numpy as np
 import psutil
@@ -399,20 +399,32 @@ def pending(jobs: Iterable[Job], out_dir: str | Path, retry_failed: bool = False
             and (retry_failed or not _failed_path(out_dir, j).exists())]
 
 
-def balanced(todo: list[Job], out_dir: str | Path) -> list[Job]:
-    """Reorder pending jobs so that the elements with the fewest finished spectra catch up first.
+def finished_counts(out_dir: str | Path) -> Counter:
+    """Finished records per element under ``out_dir`` (:func:`xanes_utils.dataset.finished_record_paths`)."""
+    return Counter(p.parent.name for p in finished_record_paths(out_dir))
 
-    The k-th pending job of an element gets the key ``finished(element) + k``; jobs are stably sorted by
-    it, so the plan's round-robin order is kept among equals. After an interrupted run, failures or a
-    changed plan, this keeps the dataset balanced over elements.
+
+def by_deficit(jobs: list[Job], finished: Counter, done: Callable[[Job], bool] = lambda job: False) -> list[Job]:
+    """Water-filling order: the next job is one of the element with the fewest finished plus already
+    scheduled spectra.
+
+    A job not ``done`` whose element has ``k`` earlier such jobs gets the key ``finished[element] + k``
+    (a ``done`` job the key of the element's next one, as it adds nothing); jobs are stably sorted by it,
+    so the given order is kept within an element and among equals.
     """
-    finished = Counter(p.parent.name for p in finished_record_paths(out_dir))
     seen: Counter = Counter()
     keys = []
-    for job in todo:
+    for job in jobs:
         keys.append(finished[job.element] + seen[job.element])
-        seen[job.element] += 1
-    return [job for _, job in sorted(zip(keys, todo), key=lambda kv: kv[0])]
+        seen[job.element] += not done(job)
+    return [job for _, job in sorted(zip(keys, jobs), key=lambda kv: kv[0])]
+
+
+def balanced(todo: list[Job], out_dir: str | Path) -> list[Job]:
+    """Reorder pending jobs so that the elements with the fewest finished spectra catch up first
+    (:func:`by_deficit`). After an interrupted run, failures or a changed plan, this keeps the dataset
+    balanced over elements."""
+    return by_deficit(todo, finished_counts(out_dir))
 
 
 def generate(jobs: list[Job], structures: dict[str, dict], out_dir: str | Path, workers: int | None = None,
@@ -548,12 +560,16 @@ def plan_jobs(library: list, seed: int = 0) -> list[Job]:
     return _interleave(per_element)
 
 
-def plan_compound_jobs(library: list, seed: int = 0) -> list[Job]:
-    """Anion-coordinated sites of an ionic library (:mod:`xanes_utils.compounds`), round-robin over elements.
+def plan_compound_jobs(library: list, seed: int = 0, runs_dir: str | Path | None = None,
+                       max_per_element: int = 0, keep: Collection[str] = ()) -> list[Job]:
+    """Anion-coordinated sites of an ionic library (:mod:`xanes_utils.compounds`), ordered by deficit.
 
     Within an element, structures come in order of chemical likelihood (unsubstituted sources first,
     then by substitution probability, ties shuffled with ``seed``); each structure's first eligible site
-    comes before any structure's second.
+    comes before any structure's second. With ``max_per_element``, an element's jobs of structures not
+    in ``keep`` are dropped once it has that many. The elements' lists are interleaved by deficit
+    (:func:`by_deficit`): the spectra already finished in ``runs_dir`` count, and the plan's jobs
+    finished there are not scheduled again.
     """
     from xanes_utils.compounds import compound_sites, rank
     from xanes_utils.elements import ELEMENTS
@@ -568,8 +584,22 @@ def plan_compound_jobs(library: list, seed: int = 0) -> list[Job]:
                 sites = compound_sites(item, el)
                 firsts += [Job(item.id, s, el) for s in sites[:1]]
                 rest += [Job(item.id, s, el) for s in sites[1:]]
-        per_element.append(firsts + rest)
-    return _interleave(per_element)
+        per_element.append(_capped(firsts + rest, max_per_element, keep) if max_per_element else firsts + rest)
+    if runs_dir is None:
+        return by_deficit(_interleave(per_element), Counter())
+    return by_deficit(_interleave(per_element), finished_counts(runs_dir),
+                      done=lambda job: _done_path(runs_dir, job).exists())
+
+
+def _capped(jobs: list[Job], cap: int, keep: Collection[str]) -> list[Job]:
+    """``jobs`` without those of structures not in ``keep`` beyond the first ``cap`` jobs kept."""
+    room = cap - sum(job.structure_id in keep for job in jobs)
+    out = []
+    for job in jobs:
+        if job.structure_id in keep or room > 0:
+            room -= job.structure_id not in keep
+            out.append(job)
+    return out
 
 
 def _interleave(groups: list[list]) -> list:
@@ -588,12 +618,18 @@ def _main(argv: list[str] | None = None) -> None:
     gen.add_argument("--scheduler", default=None, help="Dask distributed scheduler address")
     gen.add_argument("--stage-timeout", type=float, default=900.0, help="seconds per FEFF stage")
     gen.add_argument("--retry-failed", action="store_true", help="rerun jobs with a recorded failure")
-    pl = sub.add_parser("plan", help="build the structure library and the round-robin job plan")
+    pl = sub.add_parser("plan", help="build the structure library and the job plan")
     pl.add_argument("--out", default="data/plan.json.gz")
     pl.add_argument("--no-minerals", action="store_true", help="skip robocrys' mineral database")
     pl.add_argument("--library", choices=("prototypes", "compounds"), default="prototypes",
-                    help="prototypes: every source and substitution (the first dataset); compounds: "
-                         "anion-coordinated sites of ionic structures, relaxed with CHGNet before FEFF")
+                    help="prototypes: every source and substitution, round-robin over elements (the first "
+                         "dataset); compounds: anion-coordinated sites of ionic structures, their site, "
+                         "oxidation-state and anion substitutions, by likelihood within an element and by "
+                         "deficit over elements, relaxed with CHGNet before FEFF")
+    pl.add_argument("--runs", default="data/feff_runs",
+                    help="compounds: finished records that count towards an element's spectra (deficit order)")
+    pl.add_argument("--max-per-element", type=int, default=0,
+                    help="compounds: drop an element's new (extension) jobs beyond N jobs (default 0: none)")
     pk = sub.add_parser("pack", help="pack finished records into the dataset file with a manifest")
     pk.add_argument("--runs", default="data/feff_runs")
     pk.add_argument("--out", default="data/xanes_feff10_k.json.gz")
@@ -602,15 +638,20 @@ def _main(argv: list[str] | None = None) -> None:
     if args.cmd == "plan":
         from xanes_utils.structures import build_library
 
+        start = time.perf_counter()
         library = build_library(include_minerals=not args.no_minerals)
+        base: list[str] = []
         if args.library == "compounds":
-            from xanes_utils.compounds import compound_library, relaxed_ids
+            from xanes_utils.compounds import compound_library, extended_library, relaxed_ids
 
-            library = relaxed_ids(compound_library(library))
+            compounds = compound_library(library)
+            library = relaxed_ids(compounds + extended_library(compounds))
+            base = [s.id for s in library[:len(compounds)]]
         # sites are chosen on the structures as stored in the plan (and as FEFF will see them): symmetry
         # finding can differ after the dict round trip for a few structures
         library = [dataclasses.replace(s, structure=Structure.from_dict(s.structure.as_dict())) for s in library]
-        jobs = plan_jobs(library) if args.library == "prototypes" else plan_compound_jobs(library)
+        jobs = plan_jobs(library) if args.library == "prototypes" else plan_compound_jobs(
+            library, runs_dir=args.runs, max_per_element=args.max_per_element, keep=set(base))
         used = {j.structure_id for j in jobs}
         library = [s for s in library if s.id in used]
         atomic_write_json(args.out, {
@@ -619,7 +660,8 @@ def _main(argv: list[str] | None = None) -> None:
             "structures": {s.id: s.structure.as_dict() for s in library},
             "sources": {s.id: s.source for s in library},
         })
-        log.info("plan: %d jobs over %d structures -> %s", len(jobs), len(library), args.out)
+        log.info("plan: %d jobs over %d structures in %.0f s -> %s (per element: %s)", len(jobs), len(library),
+                 time.perf_counter() - start, args.out, dict(Counter(j.element for j in jobs)))
     elif args.cmd == "generate":
         plan = read_json(args.plan)
         jobs = [Job(**j) for j in plan["jobs"]][: args.limit]

@@ -145,7 +145,8 @@ def _radius(element: str, oxidation: int | None) -> float | None:
 
 
 @lru_cache(maxsize=4096)
-def _allowed_oxidation_states(element: str) -> frozenset[int]:
+def allowed_oxidation_states(element: str) -> frozenset[int]:
+    """Common and ICSD oxidation states of ``element``."""
     el = Element(element)
     return frozenset(el.common_oxidation_states) | frozenset(el.icsd_oxidation_states or ())
 
@@ -162,7 +163,11 @@ def oxidation_states(structure: Structure) -> dict[str, int] | None:
     return {el: int(round(q)) for el, q in guesses[0].items()}
 
 
-def _summed_volume(structure: Structure, oxi: dict[str, int] | None, swap: dict[str, str]) -> float | None:
+def summed_volume(structure: Structure, oxi: dict[str, int] | None, swap: dict[str, str] | None = None
+                  ) -> float | None:
+    """Sum of cubed ionic radii (atomic radii for ``oxi=None``) over the sites of ``structure``, elements
+    renamed by ``swap``; ``None`` when a radius is not tabulated. Ratios of it rescale substituted cells."""
+    swap = swap or {}
     total = 0.0
     for el, amount in structure.composition.element_composition.items():
         name = swap.get(el.symbol, el.symbol)
@@ -180,13 +185,13 @@ def substitute(src: SourceStructure, old: str, new: str) -> SourceStructure | No
     """
     oxi = oxidation_states(src.structure)
     q = None if oxi is None else oxi[old]
-    if q is not None and q not in _allowed_oxidation_states(new):
+    if q is not None and q not in allowed_oxidation_states(new):
         return None
     r_old, r_new = _radius(old, q), _radius(new, q)
     if r_old is None or r_new is None or abs(r_new - r_old) / r_old > RADIUS_TOLERANCE:
         return None
-    v_old = _summed_volume(src.structure, oxi, {})
-    v_new = _summed_volume(src.structure, oxi, {old: new})
+    v_old = summed_volume(src.structure, oxi)
+    v_new = summed_volume(src.structure, oxi, {old: new})
     if not v_old or not v_new:
         return None
     structure = src.structure.copy()
