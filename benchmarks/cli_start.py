@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
-IMPORTS = ["numpy", "pymatgen.core", "torch", "torch_geometric", "matplotlib.pyplot", "xanes_utils.prediction",
-           "xanes_utils.train"]
+IMPORTS = ["numpy", "pymatgen.core", "torch", "torch_geometric", "matplotlib.pyplot", "chgnet.model",
+           "xanes_utils.prediction", "xanes_utils.train"]
 
 
 def wall(args: list[str], repeat: int) -> float:

@@ -152,6 +152,22 @@ def test_cli_errors_name_the_file_and_the_problem(tmp_path, ckpt, caplog, capsys
     assert "NaCl.cif" in error([str(salt), str(fes)]) and list(out.glob("FeS_*_K.csv"))
 
 
+def test_cli_threads_option(tmp_path, ckpt, caplog):
+    import torch
+
+    nio = tmp_path / "nio.cif"
+    rocksalt().to(filename=str(nio))
+    before = torch.get_num_threads()
+    try:
+        caplog.set_level(logging.ERROR, logger="xanes_utils")
+        assert main(["predict", str(nio), "--out", str(tmp_path / "o"), "--model", str(ckpt), "--threads", "0"]) == 2
+        assert "--threads must be at least 1" in caplog.text and not (tmp_path / "o").exists()
+        assert main(["predict", str(nio), "--out", str(tmp_path / "o"), "--model", str(ckpt), "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1 and list((tmp_path / "o").glob("nio_Ni*_K.csv"))
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_cli_answers_help_and_missing_files_without_importing_torch(tmp_path):
     code = ("import sys; from xanes_utils.__main__ import main; rc = main(sys.argv[1:]); "
             "assert 'torch' not in sys.modules and 'pymatgen' not in sys.modules; sys.exit(rc)")
