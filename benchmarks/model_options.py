@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--profile", default="default")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (default 0)")
     parser.add_argument("--real", default=None, help="real-materials JSON-lines file (OmniXAS format)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel training processes")
     parser.add_argument("--save", default=None, help="directory for the checkpoints")
@@ -122,17 +123,18 @@ def main() -> None:
     configs = [parse_variant(v, base) for v in args.variants]
     # seed-major order: an interrupted run still has every variant's first seeds
     tasks = [(profile.name, c, seed, args.real, args.save, f"v{i}", args.data, args.ensemble, args.epochs)
-             for seed in range(args.seeds) for i, c in enumerate(configs)]
+             for seed in range(args.first_seed, args.first_seed + args.seeds) for i, c in enumerate(configs)]
     if len(tasks) == 1:  # one ensemble: its members train in parallel instead
         done = {(tasks[0][5], tasks[0][2]): run_one(*tasks[0], member_jobs=args.jobs)}
     else:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:  # CUDA-safe
             done = dict(zip([(t[5], t[2]) for t in tasks], pool.map(run_one, *zip(*tasks))))
-    results = [done[(f"v{i}", seed)] for i in range(len(configs)) for seed in range(args.seeds)]
+    results = [done[(f"v{i}", seed)] for i in range(len(configs))
+               for seed in range(args.first_seed, args.first_seed + args.seeds)]
     kind = f"; {args.ensemble}-member ensembles" if args.ensemble else ""
     kind += f"; {args.epochs} epochs" if args.epochs else ""
-    print(f"Machine: {describe()}; profile {profile.name}, {args.seeds} seeds, {args.jobs} parallel processes; "
-          f"data {args.data or 'embedded'}{kind}\n")
+    print(f"Machine: {describe()}; profile {profile.name}, {args.seeds} seeds from {args.first_seed}, "
+          f"{args.jobs} parallel processes; data {args.data or 'embedded'}{kind}\n")
     header = "| variant | test MSE median | flattened R² | η | uniform heads |"
     if args.real:
         header += " real η (our mean) | real η (own mean) | real Pearson r |"
