@@ -107,7 +107,8 @@ def test_other_oxidation_state_when_another_ion_balances_the_charge():
     src = delafossite()
     fe = [i for i, site in enumerate(src.structure) if site.specie.symbol == "Fe"]
     cadmium = replace_sites(src, oxidation_states(src.structure), fe, "Cd", "-FetoCd")  # Cd has only 2+
-    assert cadmium.id == "delafossite-FetoCd" and cadmium.structure.composition.reduced_composition == Composition("CuCdO2")
+    assert cadmium.id == "delafossite-FetoCd"
+    assert cadmium.structure.composition.reduced_composition == Composition("CuCdO2")
     assert cadmium.source["substitution"] == [
         {"from": "Fe", "to": "Cd", "oxidation_state": 3, "to_oxidation_state": 2},
         {"from": "Cu", "to": "Cu", "oxidation_state": 1, "to_oxidation_state": 2}]

@@ -30,8 +30,9 @@ def test_ensemble_config_follows_the_profile():
     base = get_profile("default")
     assert base.ensemble_config() == ModelConfig.cpu(site_embedding=base.site_embedding, angular=base.angular)
     flipped = dataclasses.replace(base, angular=not base.angular, site_embedding=0)
-    assert flipped.ensemble_config().angular is (not base.angular)
-    assert flipped.ensemble_config().site_embedding == 0 and flipped.ensemble_config().edge_dim != base.ensemble_config().edge_dim
+    config = flipped.ensemble_config()
+    assert config.angular is (not base.angular) and config.site_embedding == 0
+    assert config.edge_dim != base.ensemble_config().edge_dim
 
 
 def test_cached_json_computes_once_unless_retrain(tmp_path):
