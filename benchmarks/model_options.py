@@ -77,14 +77,14 @@ def run_one(profile_name: str, config: ModelConfig, seed: int, real_path: str | 
     prep = prepare(profile, data, n_neighbours=config.neighbours, site_embeddings=embed)
     tr, va, te = prep.subset("train"), prep.subset("val"), prep.subset("test")
     baseline = mean_spectra(stack_targets(tr), [g.element for g in tr])
+    # an ensemble's members take the seeds after train_config.seed: ensemble * seed keeps draws disjoint
+    train_config = TrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
+                               seed=ensemble * seed if ensemble else seed)
     if ensemble:
-        train_config = TrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
-                                   seed=ensemble * seed)
         model, _ = train_ensemble(tr, va, config, train_config, n_members=ensemble, jobs=member_jobs, progress=False)
         if save:
             save_ensemble(Path(save) / f"{tag}-ensemble{seed}.pt", model, {"data": data, "seed": seed})
     else:
-        train_config = TrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr, seed=seed)
         model, history = train(tr, va, config, train_config, progress=False)
         if save:
             save_checkpoint(Path(save) / f"{tag}-seed{seed}.pt", model, train_config, history=history)

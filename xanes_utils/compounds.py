@@ -31,7 +31,7 @@ from xanes_utils.elements import ELEMENTS
 from xanes_utils.prediction import equivalent_sites
 from xanes_utils.structures import (
     SourceStructure, StructureError, allowed_oxidation_states, check_structure, distinct_sites,
-    oxidation_states, summed_volume,
+    oxidation_states, require_unique_ids, summed_volume,
 )
 
 log = logging.getLogger(__name__)
@@ -228,9 +228,7 @@ def anion_substitutions(item: SourceStructure) -> list[SourceStructure]:
 def new_structures(existing: list[SourceStructure], candidates: list[SourceStructure]) -> list[SourceStructure]:
     """The ``candidates`` that StructureMatcher finds equivalent neither to an ``existing`` structure nor to
     an earlier kept candidate (ids must be unique over both)."""
-    repeated = sorted(i for i, n in Counter(item.id for item in existing + candidates).items() if n > 1)
-    if repeated:
-        raise ValueError(f"structure ids must be unique; repeated: {', '.join(repeated[:5])}")
+    require_unique_ids(existing + candidates)
     matcher = StructureMatcher()
     by_formula: dict[str, list[Structure]] = {}
     for item in existing:

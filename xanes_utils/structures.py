@@ -25,6 +25,7 @@ import logging
 import os
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.util import find_spec
@@ -298,14 +299,19 @@ def build_library(include_minerals: bool = True, max_sites: int = MAX_SITES) -> 
     return deduplicate(candidates)
 
 
+def require_unique_ids(items: Sequence[SourceStructure]) -> None:
+    """Raise ``ValueError`` naming the repeated ids, if any: an id names the spectra computed from a structure."""
+    repeated = sorted(i for i, n in Counter(item.id for item in items).items() if n > 1)
+    if repeated:
+        raise ValueError(f"structure ids must be unique; repeated: {', '.join(repeated[:5])}")
+
+
 def deduplicate(items: list[SourceStructure]) -> list[SourceStructure]:
     """Drop structures that StructureMatcher finds equivalent to an earlier one (first kept).
 
     Ids must be unique: they name the spectra computed from a structure.
     """
-    repeated = sorted(i for i, n in Counter(item.id for item in items).items() if n > 1)
-    if repeated:
-        raise ValueError(f"structure ids must be unique; repeated: {', '.join(repeated[:5])}")
+    require_unique_ids(items)
     matcher = StructureMatcher()
     by_formula: dict[str, list[SourceStructure]] = {}
     for item in items:
