@@ -194,3 +194,18 @@ def test_retry_failed_reruns_recorded_failures(tmp_path, monkeypatch):
     assert not any((out / "failed").iterdir()) and pending(JOBS, out) == []
     assert len(list((out / "Ni").glob("*.json.gz"))) == 6
     assert FAILED == "failed" and PENDING == "pending"
+
+
+def test_generate_elements_runs_only_those_elements(tmp_path, monkeypatch):
+    plan = tmp_path / "plan.json.gz"
+    jobs = [Job("s0", 0, "Ni"), Job("s1", 1, "Cu")]
+    atomic_write_json(plan, {"jobs": [dataclasses.asdict(j) for j in jobs],
+                             "structures": {j.structure_id: NIO.as_dict() for j in jobs}})
+    out = tmp_path / "runs"
+    monkeypatch.setattr(feff, "compute_spectrum", quick_compute)
+    args = ["generate", "--plan", str(plan), "--out", str(out), "--workers", "1"]
+    feff._main(args + ["--elements", "Cu"])
+    assert pending(jobs, out) == [jobs[0]]
+    with pytest.raises(SystemExit):
+        feff._main(args + ["--elements", "Xx"])
+    assert pending(jobs, out) == [jobs[0]]

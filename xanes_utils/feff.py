@@ -36,7 +36,7 @@ import psutil
 from pymatgen.core import Structure
 
 from xanes_utils.dataset import finished_record_paths
-from xanes_utils.elements import check_element, energy_grid
+from xanes_utils.elements import ELEMENTS, check_element, energy_grid
 from xanes_utils.io import atomic_write_json, read_json
 from xanes_utils.structures import check_structure
 
@@ -541,7 +541,6 @@ def plan_jobs(library: list, seed: int = 0) -> list[Job]:
     first distinct site comes before any structure's second, so a partial dataset is balanced over
     elements and diverse.
     """
-    from xanes_utils.elements import ELEMENTS
     from xanes_utils.structures import distinct_sites
 
     rng = np.random.default_rng(seed)
@@ -572,7 +571,6 @@ def plan_compound_jobs(library: list, seed: int = 0, runs_dir: str | Path | None
     finished there are not scheduled again.
     """
     from xanes_utils.compounds import compound_sites, rank
-    from xanes_utils.elements import ELEMENTS
 
     ranked = rank(library, seed)
     per_element: list[list[Job]] = []
@@ -618,6 +616,9 @@ def _main(argv: list[str] | None = None) -> None:
     gen.add_argument("--scheduler", default=None, help="Dask distributed scheduler address")
     gen.add_argument("--stage-timeout", type=float, default=900.0, help="seconds per FEFF stage")
     gen.add_argument("--retry-failed", action="store_true", help="rerun jobs with a recorded failure")
+    gen.add_argument("--elements", nargs="+", default=None, metavar="EL",
+                     help="only these absorbing elements' jobs (e.g. Cu, to finish the element that has a "
+                          "real-materials validation set first); default: every element, by deficit")
     pl = sub.add_parser("plan", help="build the structure library and the job plan")
     pl.add_argument("--out", default="data/plan.json.gz")
     pl.add_argument("--no-minerals", action="store_true", help="skip robocrys' mineral database")
@@ -665,6 +666,12 @@ def _main(argv: list[str] | None = None) -> None:
     elif args.cmd == "generate":
         plan = read_json(args.plan)
         jobs = [Job(**j) for j in plan["jobs"]][: args.limit]
+        if args.elements:
+            unknown = sorted(set(args.elements) - set(ELEMENTS))
+            if unknown:
+                parser.error(f"--elements: {', '.join(unknown)} not among the supported elements "
+                             f"({', '.join(ELEMENTS)})")
+            jobs = [job for job in jobs if job.element in args.elements]
         try:
             counts = generate(jobs, plan["structures"], args.out, args.workers, stage_timeout=args.stage_timeout,
                               scheduler=args.scheduler, retry_failed=args.retry_failed,
