@@ -11,6 +11,7 @@ on a few sites (``--calibrate``; model-independent), or so that their mean match
 the mean of our own training spectra (OmniXAS's convention) and against the real set's own mean, and the
 per-model best global shift as a diagnostic; plus the first-shell statistics of the real set. For an
 ensemble, also the coverage of its uncertainty bands and how well its domain score ranks the errors. With
+``--by-shell``, each model's errors per first shell of the absorber (majority species and size). With
 ``--combine``, also the plain average of all the models' predictions (an ensemble of separately trained
 networks, e.g. the seeds of ``model_options.py --save``). The data
 file is for development only: nothing derived from its structures or spectra is written to disk except
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
 from xanes_utils.calibration import coverage, rank_correlation  # noqa: E402
-from xanes_utils.compounds import shell_statistics  # noqa: E402
+from xanes_utils.compounds import first_shell, shell_statistics  # noqa: E402
 from xanes_utils.ensemble import Ensemble, predict_ensemble  # noqa: E402
 from xanes_utils.evaluate import spectrum_mse, spectrum_pearson, mean_spectra  # noqa: E402
 from xanes_utils.graphs import N_NEIGHBOURS, build_graphs  # noqa: E402
@@ -128,6 +129,25 @@ def score_row(name: str, real: RealSet, pred: np.ndarray) -> str:
             f"{s['eta_own_mean']:.2f} | {extra:+.2f} eV, {eta:.2f} |")
 
 
+def shell_rows(real: RealSet, pred: np.ndarray, top: int = 8) -> str:
+    """Markdown table of ``pred``'s errors per first shell (majority species and size, e.g. O4), the ``top``
+    most common shells of the set: sites, median MSE of the model and of our training mean, both η."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(real.records):
+        shell = first_shell(r.structure, r.site)
+        majority = max(sorted(set(shell)), key=shell.count) if shell else "none"  # a tie: the first by name
+        key = f"{majority}{len(shell)}"
+        groups.setdefault(key, []).append(i)
+    model, base, own = (spectrum_mse(real.y, p) for p in (pred, real.train_mean, real.own_mean))
+    lines = ["| first shell | sites | model median MSE | training-mean median MSE | η (our training mean) "
+             "| η (set's own mean) |", "|---|---:|---:|---:|---:|---:|"]
+    for key, idx in sorted(groups.items(), key=lambda kv: -len(kv[1]))[:top]:
+        m = np.median(model[idx])
+        lines.append(f"| {key} | {len(idx)} | {m:.4f} | {np.median(base[idx]):.4f} | {np.median(base[idx]) / m:.2f} | "
+                     f"{np.median(own[idx]) / m:.2f} |")
+    return "\n".join(lines)
+
+
 def training_mean(profile_name: str = "default") -> dict[str, np.ndarray]:
     """Mean spectrum per element of the embedded data's training split (the η baseline)."""
     prep = prepare(get_profile(profile_name), None)
@@ -143,6 +163,8 @@ def main() -> None:
                         help="global shift (eV) added to the reference energies, or 'mean' to fit it to our "
                              "training mean (default: the FEFF-calibrated %(default)s)")
     parser.add_argument("--combine", action="store_true", help="also score the average of all models' predictions")
+    parser.add_argument("--by-shell", action="store_true",
+                        help="also break each model's errors down by the absorber's first shell")
     parser.add_argument("--calibrate", type=int, default=0, metavar="N",
                         help="first run our FEFF10 on N sites and print the shift that aligns them")
     args = parser.parse_args()
@@ -151,6 +173,7 @@ def main() -> None:
     mean = training_mean()
     sets: dict[tuple[int, bool], RealSet] = {}
     bands: list[str] = []
+    shells: list[str] = []
     preds: list[np.ndarray] = []
     for i, path in enumerate(args.model):
         model = load_model(path)
@@ -169,12 +192,15 @@ def main() -> None:
         print(score_row(path, real, preds[-1]))
         if isinstance(model, Ensemble):
             bands.append(uncertainty_row(path, model, real))
+        if args.by_shell:
+            shells.append(f"\n{path}, per first shell:\n\n{shell_rows(real, preds[-1])}")
     if args.combine:
         print(score_row(f"average of the {len(preds)} models", real, np.mean(preds, axis=0)))
     if bands:
         print("\n| ensemble | points within ±1σ (%) | ±2σ (%) | ±3σ (%) | sites flagged out of domain (%) "
               "| Spearman(domain score, MSE) | Spearman(mean σ, MSE) |\n|---|---:|---:|---:|---:|---:|---:|")
         print("\n".join(bands))
+    print("\n".join(shells))
 
 
 if __name__ == "__main__":
