@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def torch_build() -> str:
     """torch's version, with its CUDA version when a GPU is visible (the machine line names the GPU)."""
-    return f"torch {torch.__version__}" + (f", CUDA {torch.version.cuda}" if torch.cuda.is_available() else ", CPU only")
+    cuda = f", CUDA {torch.version.cuda}" if torch.cuda.is_available() else ", CPU only"
+    return f"torch {torch.__version__}{cuda}"
 
 
 def run_notebooks(profile: str, deadline: float) -> tuple[float, int | None]:
