@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     ensemble, member = load_model(), load_model(member=0)
-    graphs = prepare(get_profile("default"), site_embeddings=ensemble.config.site_embedding > 0).subset("test")
+    graphs = prepare(get_profile("default"), site_embedding=ensemble.config.site_embedding).subset("test")
     structures = [c.structure() for c in REFERENCE_STRUCTURES.values()]
     n_sites = sum(len(predict(s, model=member)) for s in structures)  # also warms up
     cases = {

@@ -73,8 +73,7 @@ def run_one(profile_name: str, config: ModelConfig, seed: int, real_path: str | 
     profile = get_profile(profile_name)
     if epochs:
         profile = dataclasses.replace(profile, epochs=epochs)
-    embed = config.site_embedding > 0
-    prep = prepare(profile, data, n_neighbours=config.neighbours, site_embeddings=embed)
+    prep = prepare(profile, data, n_neighbours=config.neighbours, site_embedding=config.site_embedding)
     tr, va, te = prep.subset("train"), prep.subset("val"), prep.subset("test")
     baseline = mean_spectra(stack_targets(tr), [g.element for g in tr])
     # an ensemble's members take the seeds after train_config.seed: ensemble * seed keeps draws disjoint
@@ -98,7 +97,7 @@ def run_one(profile_name: str, config: ModelConfig, seed: int, real_path: str | 
     if real_path:
         from real_materials import RealSet
 
-        real = RealSet(real_path, baseline, n_neighbours=config.neighbours, site_embeddings=embed)
+        real = RealSet(real_path, baseline, n_neighbours=config.neighbours, site_embedding=config.site_embedding)
         scores = real.score(predict_graphs(model, real.graphs))
         row += [scores["eta_train_mean"], scores["eta_own_mean"], scores["pearson_median"]]
     return row

@@ -37,7 +37,7 @@ from xanes_utils.evaluate import spectrum_mse, spectrum_pearson, mean_spectra  #
 from xanes_utils.graphs import N_NEIGHBOURS, build_graphs  # noqa: E402
 from xanes_utils.omnixas import fit_shift, read_jsonl, to_records  # noqa: E402
 from xanes_utils.profiles import ROOT, get_profile  # noqa: E402
-from xanes_utils.site_embeddings import attach_site_embeddings  # noqa: E402
+from xanes_utils.site_embeddings import SITE_EMBEDDING_DIM, attach_site_embeddings  # noqa: E402
 from xanes_utils.train import DEFAULT_MODEL, load_model, predict_graphs, stack_targets  # noqa: E402
 from xanes_utils.workflow import prepare  # noqa: E402
 
@@ -54,16 +54,18 @@ class RealSet:
     """A real-materials set on our grid: graphs, targets, and the baselines to score against."""
 
     def __init__(self, path: str | Path, train_mean: dict[str, np.ndarray], shift: float | None = FEFF_SHIFT,
-                 n_neighbours: int = N_NEIGHBOURS, site_embeddings: bool = False) -> None:
+                 n_neighbours: int = N_NEIGHBOURS, site_embedding: int = 0) -> None:
         self.spectra = read_jsonl(path)
         self.shift = fit_shift(self.spectra, train_mean) if shift is None else shift
         self.records = to_records(self.spectra, self.shift)
         tag = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
         self.graphs = build_graphs(self.records, cache_path=ROOT / "cache" / f"real-{tag}-graphs-{n_neighbours}.pt",
                                    progress=False, n_neighbours=n_neighbours)
-        if site_embeddings:
-            attach_site_embeddings(self.graphs, self.records, ROOT / "cache" / f"real-{tag}-site-embeddings.pt",
-                                   progress=False)
+        if site_embedding:
+            suffix = "" if site_embedding == SITE_EMBEDDING_DIM else f"-{site_embedding}"
+            attach_site_embeddings(self.graphs, self.records,
+                                   ROOT / "cache" / f"real-{tag}-site-embeddings{suffix}.pt", progress=False,
+                                   width=site_embedding)
         self.y = stack_targets(self.graphs)
         self.elements = [g.element for g in self.graphs]
         self.train_mean = np.stack([train_mean[el] for el in self.elements])
@@ -203,16 +205,16 @@ def main() -> None:
         if args.calibrate_only:
             return
     mean = training_mean()
-    sets: dict[tuple[int, bool], RealSet] = {}
+    sets: dict[tuple[int, int], RealSet] = {}
     bands: list[str] = []
     shells: list[str] = []
     preds: list[np.ndarray] = []
     for i, path in enumerate(args.model):
         model = load_model(path)
-        kind = (model.config.neighbours, model.config.site_embedding > 0)
+        kind = (model.config.neighbours, model.config.site_embedding)
         if kind not in sets:
             sets[kind] = RealSet(args.data, mean, None if args.shift == "mean" else float(args.shift),
-                                 n_neighbours=kind[0], site_embeddings=kind[1])
+                                 n_neighbours=kind[0], site_embedding=kind[1])
         real = sets[kind]
         if i == 0:
             print(f"Machine: {describe()}; {len(real.records)} sites of {len({r.material_id for r in real.records})} "

@@ -22,10 +22,10 @@ from pymatgen.core import Species, Structure
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
-from xanes_utils.compounds import RELAXED_SUFFIX, first_shell_neighbours  # noqa: E402
+from xanes_utils.compounds import RELAXED_SUFFIX  # noqa: E402
 from xanes_utils.dataset import finished_record_paths  # noqa: E402
 from xanes_utils.io import read_json  # noqa: E402
-from xanes_utils.structures import oxidation_states  # noqa: E402
+from xanes_utils.structures import first_shell_neighbours, oxidation_states  # noqa: E402
 
 
 def edge_position(energy: np.ndarray, mu: np.ndarray) -> float:

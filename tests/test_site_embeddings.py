@@ -15,7 +15,7 @@ from xanes_utils.dense import DenseGraphs
 from xanes_utils.graphs import build_graph
 from xanes_utils.model import ModelConfig, XanesGAT
 from xanes_utils.site_embeddings import (
-    SITE_EMBEDDING_DIM, atom_features, attach_site_embeddings, site_embeddings,
+    SHELL_EMBEDDING_DIM, SITE_EMBEDDING_DIM, atom_features, attach_site_embeddings, site_embeddings,
 )
 
 TINY = ModelConfig(conv_dims=(16, 12, 10), heads=2, head_dim=8, mlp_dims=(16, 8), site_embedding=SITE_EMBEDDING_DIM)
@@ -57,6 +57,25 @@ def test_site_embeddings_cache_round_trip_and_corruption(tmp_path, caplog):
     assert torch.equal(again, first) and "not used" in caplog.text
     other = site_embeddings(items[:2], path, progress=False)  # a stale key: recomputed
     assert torch.equal(other, first[:2])
+
+
+def test_shell_embedding_appends_the_mean_of_the_first_shell(tmp_path):
+    cell = spinel()
+    co = [i for i, s in enumerate(cell) if s.specie.symbol == "Co"]
+    items = [SimpleNamespace(structure=cell, site=i) for i in (co[0], co[-1])]  # Co(T), Co(O)
+    feats = atom_features([cell], progress=False)[0]
+    path = tmp_path / "emb.pt"
+    absorber = site_embeddings(items, path, progress=False)
+    both = site_embeddings(items, path, progress=False, width=SHELL_EMBEDDING_DIM)  # the 64-wide cache is stale
+    assert both.shape == (2, SHELL_EMBEDDING_DIM)
+    assert torch.allclose(both[:, :SITE_EMBEDDING_DIM], absorber)
+    for row, item, size in zip(both, items, (4, 6)):
+        shell = [nb.index for nb in cell.get_neighbors(cell[item.site], 2.3)]  # the 4 or 6 O at 1.92-1.93 Å
+        assert len(shell) == size and all(cell[j].specie.symbol == "O" for j in shell)
+        assert np.allclose(row[SITE_EMBEDDING_DIM:].numpy(), feats[shell].mean(axis=0), atol=1e-6)
+    assert torch.equal(site_embeddings(items, path, progress=False, width=SHELL_EMBEDDING_DIM), both)
+    with pytest.raises(ValueError, match="width"):
+        site_embeddings(items, progress=False, width=32)
 
 
 def test_attach_and_model_paths_agree():

@@ -31,26 +31,13 @@ from xanes_utils.elements import ELEMENTS
 from xanes_utils.prediction import equivalent_sites
 from xanes_utils.structures import (
     SourceStructure, StructureError, allowed_oxidation_states, check_structure, distinct_sites,
-    oxidation_states, require_unique_ids, summed_volume,
+    first_shell_neighbours, oxidation_states, require_unique_ids, summed_volume,
 )
 
 log = logging.getLogger(__name__)
 
 #: Largest cell (sites) of the compound library: relaxation and FEFF both grow with it.
 MAX_COMPOUND_SITES = 40
-#: Neighbours closer than this many Å beyond the nearest count as first shell.
-SHELL_TOLERANCE = 0.3
-
-
-def first_shell_neighbours(structure: Structure, site: int, cutoff: float = 5.0) -> list:
-    """Neighbours (pymatgen ``PeriodicNeighbor``) within ``SHELL_TOLERANCE`` Å of the nearest one."""
-    neighbours = structure.get_neighbors(structure[site], cutoff)
-    if not neighbours:
-        return []
-    nearest = min(nb.nn_distance for nb in neighbours)
-    return [nb for nb in neighbours if nb.nn_distance <= nearest + SHELL_TOLERANCE]
-
-
 def first_shell(structure: Structure, site: int, cutoff: float = 5.0) -> list[str]:
     """Sorted species symbols of the absorber's first shell (see :func:`first_shell_neighbours`)."""
     return sorted(nb.specie.symbol for nb in first_shell_neighbours(structure, site, cutoff))

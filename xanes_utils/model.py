@@ -91,8 +91,9 @@ class ModelConfig:
     Options beyond the paper: ``angular`` adds the graphs' 9 angular edge features to the 65 distance
     features (see :mod:`xanes_utils.graphs`); ``neighbours`` is the number of neighbour slots the
     graphs must have (the paper's 20; build graphs with ``n_neighbours`` equal to it); ``site_embedding``
-    (0: off) is the width of a pretrained potential's embedding of the absorber (graphs' ``site_embedding``,
-    see :mod:`xanes_utils.site_embeddings`), batch-normalised and appended to the readout before the MLP.
+    (0: off) is the width of a pretrained potential's embedding of the absorber (graphs' ``site_embedding``;
+    64: the absorber's, 128: with its first shell's, see :mod:`xanes_utils.site_embeddings`), batch-normalised
+    and appended to the readout before the MLP.
     """
 
     conv_dims: tuple[int, ...] = (600, 500, 400)

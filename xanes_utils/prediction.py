@@ -128,7 +128,7 @@ def model_graphs(structure: Structure, sites: Sequence[int], config: ModelConfig
         from xanes_utils.site_embeddings import attach_site_embeddings
 
         attach_site_embeddings(graphs, [SimpleNamespace(structure=structure, site=i, id=f"{name} site {i}")
-                                        for i in sites], progress=False)
+                                        for i in sites], progress=False, width=config.site_embedding)
     return graphs
 
 

@@ -6,6 +6,8 @@ features after the last interaction block (``atom_fea``, 64 numbers per atom) su
 and geometry of each site's environment as that potential sees it, the OmniXAS idea of transferring a
 pretrained potential's site features to spectra. :func:`attach_site_embeddings` stores the absorber's
 row as ``site_embedding`` [1, 64] on each graph; models read it with ``ModelConfig(site_embedding=64)``.
+Width 128 (``ModelConfig(site_embedding=128)``) appends the mean row of the absorber's first shell
+(:func:`xanes_utils.structures.first_shell_neighbours`): the anions' features carry what else they bond to.
 
 Features are computed once per distinct structure (on the CPU, one thread, no network) and cached in a
 checksummed file keyed by the structures and the potential's version.
@@ -27,11 +29,16 @@ from torch_geometric.data import Data
 
 from xanes_utils.graphs import structure_json
 from xanes_utils.io import read_checksummed, write_checksummed
+from xanes_utils.structures import first_shell_neighbours
 
 log = logging.getLogger(__name__)
 
 #: Width of a site embedding (CHGNet's atom feature size).
 SITE_EMBEDDING_DIM = 64
+#: Width of the absorber's embedding followed by the mean embedding of its first shell.
+SHELL_EMBEDDING_DIM = 2 * SITE_EMBEDDING_DIM
+#: Embedding widths a model may read.
+WIDTHS = (SITE_EMBEDDING_DIM, SHELL_EMBEDDING_DIM)
 #: CHGNet weights used (shipped in the chgnet wheel); pinned so that an upgrade cannot change them silently.
 MODEL_NAME = "0.3.0"
 #: Format tag of the on-disk cache.
@@ -94,23 +101,35 @@ def atom_features(structures: Sequence[Structure], names: Sequence[str] | None =
     return out
 
 
-def site_embeddings(items: Sequence[Any], cache_path: str | Path | None = None, progress: bool = True
-                    ) -> torch.Tensor:
-    """Embeddings [n, 64] float32 of each item's absorber (objects with ``.structure``, ``.site`` and
+def _shell_indices(item: Any, name: str) -> list[int]:
+    """Cell indices of the first-shell atoms of ``item``'s absorber."""
+    shell = first_shell_neighbours(item.structure, int(item.site))
+    if not shell:
+        raise ValueError(f"{name}: no atom within 5 Å of site {item.site}, so it has no first shell")
+    return [int(nb.index) for nb in shell]
+
+
+def site_embeddings(items: Sequence[Any], cache_path: str | Path | None = None, progress: bool = True,
+                    width: int = SITE_EMBEDDING_DIM) -> torch.Tensor:
+    """Embeddings [n, width] float32 of each item's absorber (objects with ``.structure``, ``.site`` and
     optionally ``.id``, as :func:`xanes_utils.graphs.build_graphs` takes), computed once per distinct structure.
+    ``width`` 64: the absorber's CHGNet row; 128: that row, then the mean row of its first shell.
 
     With ``cache_path`` the result is stored (with a SHA-256 sidecar) under a key of the structures, the
-    sites and the potential's version; a matching cache is loaded without reading any structure, a stale,
-    unreadable or corrupt one is logged and recomputed.
+    sites, the width and the potential's version; a matching cache is loaded without reading any structure,
+    a stale, unreadable or corrupt one is logged and recomputed.
     """
+    if width not in WIDTHS:
+        raise ValueError(f"site embedding width must be one of {WIDTHS}, not {width}")
     hashes = [hashlib.sha256(structure_json(it).encode()).hexdigest() for it in items]
     sites = [int(it.site) for it in items]
-    key = hashlib.sha256("|".join([potential_version(), *hashes, *map(str, sites)]).encode()).hexdigest()
+    tags = [potential_version()] + ([f"width {width}"] if width != SITE_EMBEDDING_DIM else [])
+    key = hashlib.sha256("|".join([*tags, *hashes, *map(str, sites)]).encode()).hexdigest()
     if cache_path is not None and Path(cache_path).exists():
         try:
             payload = torch.load(io.BytesIO(read_checksummed(cache_path)), map_location="cpu", weights_only=True)
             if payload.get("format") != CACHE_FORMAT or payload.get("key") != key:
-                raise ValueError("stale cache (other structures or another potential version)")
+                raise ValueError("stale cache (other structures, width or potential version)")
             return payload["embeddings"]
         except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
             log.warning("site-embedding cache %s not used (%s); recomputing it", cache_path, exc)
@@ -120,7 +139,11 @@ def site_embeddings(items: Sequence[Any], cache_path: str | Path | None = None, 
     chosen = [items[i] for i in first.values()]
     names = [f"item {getattr(it, 'id', i)}" for i, it in zip(first.values(), chosen)]
     feats = dict(zip(first, atom_features([it.structure for it in chosen], names, progress)))
-    out = torch.from_numpy(np.stack([feats[h][site] for h, site in zip(hashes, sites)]))
+    rows = [feats[h][site] for h, site in zip(hashes, sites)]
+    if width == SHELL_EMBEDDING_DIM:
+        rows = [np.concatenate([row, feats[h][_shell_indices(it, f"item {getattr(it, 'id', i)}")].mean(axis=0)])
+                for i, (row, h, it) in enumerate(zip(rows, hashes, items))]
+    out = torch.from_numpy(np.stack(rows))
     if cache_path is not None:
         buffer = io.BytesIO()
         torch.save({"format": CACHE_FORMAT, "key": key, "embeddings": out}, buffer)
@@ -129,9 +152,9 @@ def site_embeddings(items: Sequence[Any], cache_path: str | Path | None = None, 
 
 
 def attach_site_embeddings(graphs: Sequence[Data], items: Sequence[Any], cache_path: str | Path | None = None,
-                           progress: bool = True) -> None:
-    """Set ``site_embedding`` [1, 64] on each graph from its item (see :func:`site_embeddings`)."""
+                           progress: bool = True, width: int = SITE_EMBEDDING_DIM) -> None:
+    """Set ``site_embedding`` [1, width] on each graph from its item (see :func:`site_embeddings`)."""
     if len(graphs) != len(items):
         raise ValueError(f"{len(graphs)} graphs for {len(items)} items")
-    for graph, row in zip(graphs, site_embeddings(items, cache_path, progress)):
+    for graph, row in zip(graphs, site_embeddings(items, cache_path, progress, width)):
         graph.site_embedding = row.view(1, -1)

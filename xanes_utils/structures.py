@@ -51,6 +51,19 @@ MAX_LENGTH = 1000.0
 MAX_Z = 104
 
 
+#: Neighbours closer than this many Å beyond the nearest count as first shell.
+SHELL_TOLERANCE = 0.3
+
+
+def first_shell_neighbours(structure: Structure, site: int, cutoff: float = 5.0) -> list:
+    """Neighbours (pymatgen ``PeriodicNeighbor``) within ``SHELL_TOLERANCE`` Å of the nearest one."""
+    neighbours = structure.get_neighbors(structure[site], cutoff)
+    if not neighbours:
+        return []
+    nearest = min(nb.nn_distance for nb in neighbours)
+    return [nb for nb in neighbours if nb.nn_distance <= nearest + SHELL_TOLERANCE]
+
+
 class StructureError(ValueError):
     """A structure that cannot be used: unreadable, degenerate, overlapping atoms, no supported absorber."""
 

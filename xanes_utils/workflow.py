@@ -21,6 +21,7 @@ from xanes_utils.graphs import N_NEIGHBOURS
 from xanes_utils.io import CorruptFileError, read_checksummed_json, write_checksummed_json
 from xanes_utils.model import ModelConfig, XanesGAT
 from xanes_utils.profiles import Profile, cache_dir
+from xanes_utils.site_embeddings import SITE_EMBEDDING_DIM, attach_site_embeddings
 from xanes_utils.train import (
     DEFAULT_MODEL, History, TrainConfig, load_checkpoint, model_from_checkpoint, save_checkpoint, split_indices,
     train,
@@ -65,11 +66,11 @@ class Prepared:
 
 
 def prepare(profile: Profile, data: str | Path | None = None, split_by: str = "material",
-            n_neighbours: int = N_NEIGHBOURS, site_embeddings: bool = False) -> Prepared:
+            n_neighbours: int = N_NEIGHBOURS, site_embedding: int = 0) -> Prepared:
     """Load records, build (cached) graphs with ``n_neighbours`` slots and split them (grouped by
     material, a relaxed structure with its unrelaxed parent, stratified by absorbing element, with the
-    profile's seed); also sets torch's thread count for the profile. ``site_embeddings`` attaches the
-    absorbers' CHGNet embeddings (cached; see :mod:`xanes_utils.site_embeddings`)."""
+    profile's seed); also sets torch's thread count for the profile. ``site_embedding`` (a width; 0:
+    none) attaches the absorbers' CHGNet embeddings (cached; see :mod:`xanes_utils.site_embeddings`)."""
     import torch
 
     from xanes_utils.graphs import build_graphs
@@ -84,19 +85,20 @@ def prepare(profile: Profile, data: str | Path | None = None, split_by: str = "m
     train_idx, val_idx, test_idx = split_indices(groups, seed=profile.seed, by=split_by,
                                                  strata=[r.element for r in records])
     prep = Prepared(records, graphs, train_idx.tolist(), val_idx.tolist(), test_idx.tolist())
-    if site_embeddings:
-        with_site_embeddings(prep, profile, data)
+    if site_embedding:
+        with_site_embeddings(prep, profile, data, site_embedding)
     return prep
 
 
-def with_site_embeddings(prep: Prepared, profile: Profile, data: str | Path | None) -> None:
-    """Attach the absorbers' CHGNet site embeddings to ``prep``'s graphs unless they have them (cached in the
-    profile's results directory)."""
-    from xanes_utils.site_embeddings import attach_site_embeddings
-
-    if prep.graphs and "site_embedding" not in prep.graphs[0]:
-        attach_site_embeddings(prep.graphs, prep.records,
-                               cache_path=cache_dir(profile.name, data) / "site_embeddings.pt")
+def with_site_embeddings(prep: Prepared, profile: Profile, data: str | Path | None,
+                         width: int = SITE_EMBEDDING_DIM) -> None:
+    """Attach the absorbers' CHGNet site embeddings of ``width`` to ``prep``'s graphs unless they have them
+    (cached in the profile's results directory)."""
+    first = prep.graphs[0] if prep.graphs else None
+    if first is not None and ("site_embedding" not in first or first.site_embedding.shape[1] != width):
+        name = "site_embeddings.pt" if width == SITE_EMBEDDING_DIM else f"site_embeddings-{width}.pt"
+        attach_site_embeddings(prep.graphs, prep.records, cache_path=cache_dir(profile.name, data) / name,
+                               width=width)
 
 
 def model_path(profile: Profile, data: str | Path | None, name: str) -> Path:
@@ -150,7 +152,7 @@ def ensemble_or_load(prep: Prepared, profile: Profile, data: str | Path | None, 
     path = ensemble_path(profile, data)
     model_config = profile.ensemble_config()
     if model_config.site_embedding:
-        with_site_embeddings(prep, profile, data)
+        with_site_embeddings(prep, profile, data, model_config.site_embedding)
     if path.exists() and not retrain:
         try:
             model, extra = load_ensemble(path)
