@@ -37,7 +37,7 @@ from xanes_utils.evaluate import spectrum_mse, spectrum_pearson, mean_spectra  #
 from xanes_utils.graphs import N_NEIGHBOURS, build_graphs  # noqa: E402
 from xanes_utils.omnixas import fit_shift, read_jsonl, to_records  # noqa: E402
 from xanes_utils.profiles import ROOT, get_profile  # noqa: E402
-from xanes_utils.site_embeddings import SITE_EMBEDDING_DIM, attach_site_embeddings  # noqa: E402
+from xanes_utils.site_embeddings import attach_site_embeddings, cache_file_name  # noqa: E402
 from xanes_utils.train import DEFAULT_MODEL, load_model, predict_graphs, stack_targets  # noqa: E402
 from xanes_utils.workflow import prepare  # noqa: E402
 
@@ -62,10 +62,9 @@ class RealSet:
         self.graphs = build_graphs(self.records, cache_path=ROOT / "cache" / f"real-{tag}-graphs-{n_neighbours}.pt",
                                    progress=False, n_neighbours=n_neighbours)
         if site_embedding:
-            suffix = "" if site_embedding == SITE_EMBEDDING_DIM else f"-{site_embedding}"
             attach_site_embeddings(self.graphs, self.records,
-                                   ROOT / "cache" / f"real-{tag}-site-embeddings{suffix}.pt", progress=False,
-                                   width=site_embedding)
+                                   ROOT / "cache" / cache_file_name(f"real-{tag}-site-embeddings", site_embedding),
+                                   progress=False, width=site_embedding)
         self.y = stack_targets(self.graphs)
         self.elements = [g.element for g in self.graphs]
         self.train_mean = np.stack([train_mean[el] for el in self.elements])

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: Largest cell (sites) of the compound library: relaxation and FEFF both grow with it.
 MAX_COMPOUND_SITES = 40
+
+
 def first_shell(structure: Structure, site: int, cutoff: float = 5.0) -> list[str]:
     """Sorted species symbols of the absorber's first shell (see :func:`first_shell_neighbours`)."""
     return sorted(nb.specie.symbol for nb in first_shell_neighbours(structure, site, cutoff))

@@ -101,6 +101,11 @@ def atom_features(structures: Sequence[Structure], names: Sequence[str] | None =
     return out
 
 
+def cache_file_name(stem: str, width: int) -> str:
+    """File name of a cache of ``width``-wide embeddings (``stem``.pt for the absorber's 64)."""
+    return f"{stem}.pt" if width == SITE_EMBEDDING_DIM else f"{stem}-{width}.pt"
+
+
 def _shell_indices(item: Any, name: str) -> list[int]:
     """Cell indices of the first-shell atoms of ``item``'s absorber."""
     shell = first_shell_neighbours(item.structure, int(item.site))
@@ -136,13 +141,13 @@ def site_embeddings(items: Sequence[Any], cache_path: str | Path | None = None, 
     first: dict[str, int] = {}
     for i, h in enumerate(hashes):
         first.setdefault(h, i)
-    chosen = [items[i] for i in first.values()]
-    names = [f"item {getattr(it, 'id', i)}" for i, it in zip(first.values(), chosen)]
-    feats = dict(zip(first, atom_features([it.structure for it in chosen], names, progress)))
+    names = [f"item {getattr(it, 'id', i)}" for i, it in enumerate(items)]
+    feats = dict(zip(first, atom_features([items[i].structure for i in first.values()],
+                                          [names[i] for i in first.values()], progress)))
     rows = [feats[h][site] for h, site in zip(hashes, sites)]
     if width == SHELL_EMBEDDING_DIM:
-        rows = [np.concatenate([row, feats[h][_shell_indices(it, f"item {getattr(it, 'id', i)}")].mean(axis=0)])
-                for i, (row, h, it) in enumerate(zip(rows, hashes, items))]
+        rows = [np.concatenate([row, feats[h][_shell_indices(it, name)].mean(axis=0)])
+                for row, h, it, name in zip(rows, hashes, items, names)]
     out = torch.from_numpy(np.stack(rows))
     if cache_path is not None:
         buffer = io.BytesIO()

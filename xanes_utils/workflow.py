@@ -21,7 +21,7 @@ from xanes_utils.graphs import N_NEIGHBOURS
 from xanes_utils.io import CorruptFileError, read_checksummed_json, write_checksummed_json
 from xanes_utils.model import ModelConfig, XanesGAT
 from xanes_utils.profiles import Profile, cache_dir
-from xanes_utils.site_embeddings import SITE_EMBEDDING_DIM, attach_site_embeddings
+from xanes_utils.site_embeddings import SITE_EMBEDDING_DIM, attach_site_embeddings, cache_file_name
 from xanes_utils.train import (
     DEFAULT_MODEL, History, TrainConfig, load_checkpoint, model_from_checkpoint, save_checkpoint, split_indices,
     train,
@@ -96,9 +96,8 @@ def with_site_embeddings(prep: Prepared, profile: Profile, data: str | Path | No
     (cached in the profile's results directory)."""
     first = prep.graphs[0] if prep.graphs else None
     if first is not None and ("site_embedding" not in first or first.site_embedding.shape[1] != width):
-        name = "site_embeddings.pt" if width == SITE_EMBEDDING_DIM else f"site_embeddings-{width}.pt"
-        attach_site_embeddings(prep.graphs, prep.records, cache_path=cache_dir(profile.name, data) / name,
-                               width=width)
+        attach_site_embeddings(prep.graphs, prep.records, width=width,
+                               cache_path=cache_dir(profile.name, data) / cache_file_name("site_embeddings", width))
 
 
 def model_path(profile: Profile, data: str | Path | None, name: str) -> Path:
