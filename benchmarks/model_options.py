@@ -12,7 +12,9 @@ attention heads whose weights are exactly uniform; with ``--real`` also η on a 
 and seeds in parallel processes (one thread each); ``--save DIR`` keeps every checkpoint. ``--ensemble N``
 trains, per variant and seed, an N-member bootstrap ensemble (the recipe ``predict`` ships; seed s gives
 members the seeds ``N * s + 1`` to ``N * s + N``, so seed 0 is the shipped recipe) instead of one network;
-the attention analysis is then skipped.
+the attention analysis is then skipped. ``--balanced`` draws the ensemble's bootstrap resamples with
+:func:`xanes_utils.sampling.family_weights` (near-duplicate substitutions count less, a relaxed structure
+replaces its unrelaxed parent).
 """
 
 from __future__ import annotations
@@ -56,9 +58,9 @@ def parse_variant(text: str, base: ModelConfig) -> ModelConfig:
 
 def run_one(profile_name: str, config: ModelConfig, seed: int, real_path: str | None,
             save: str | None, tag: str, data: str | None = None, ensemble: int = 0, epochs: int = 0,
-            member_jobs: int = 1) -> list[float]:
+            member_jobs: int = 1, balanced: bool = False) -> list[float]:
     """Train one seed of one variant (an ``ensemble``-member ensemble if > 0, its members ``member_jobs`` at a
-    time; ``epochs`` > 0 overrides the profile's); return [test MSE, R², η, uniform heads (NaN for an
+    time, resampled with family weights if ``balanced``; ``epochs`` > 0 overrides the profile's); return [test MSE, R², η, uniform heads (NaN for an
     ensemble), real η (2), ...]."""
     import torch
 
@@ -66,6 +68,7 @@ def run_one(profile_name: str, config: ModelConfig, seed: int, real_path: str | 
 
     from xanes_utils.analysis import attention_table, record_responses, uniform_attention_heads
     from xanes_utils.evaluate import evaluation_table, mean_spectra
+    from xanes_utils.sampling import family_weights
     from xanes_utils.train import TrainConfig, predict_graphs, save_checkpoint, stack_targets, train
     from xanes_utils.workflow import prepare
 
@@ -80,7 +83,9 @@ def run_one(profile_name: str, config: ModelConfig, seed: int, real_path: str | 
     train_config = TrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
                                seed=ensemble * seed if ensemble else seed)
     if ensemble:
-        model, _ = train_ensemble(tr, va, config, train_config, n_members=ensemble, jobs=member_jobs, progress=False)
+        weights = family_weights([prep.records[i] for i in prep.train]) if balanced else None
+        model, _ = train_ensemble(tr, va, config, train_config, n_members=ensemble, jobs=member_jobs, progress=False,
+                                  weights=weights)
         if save:
             save_ensemble(Path(save) / f"{tag}-ensemble{seed}.pt", model, {"data": data, "seed": seed})
     else:
@@ -116,15 +121,18 @@ def main() -> None:
     parser.add_argument("--ensemble", type=int, default=0, metavar="N",
                         help="train an N-member bootstrap ensemble per variant and seed (0: single networks)")
     parser.add_argument("--epochs", type=int, default=0, help="epochs per network (default: the profile's)")
+    parser.add_argument("--balanced", action="store_true",
+                        help="ensembles: bootstrap resamples drawn with family weights (xanes_utils.sampling)")
     args = parser.parse_args()
     profile = get_profile(args.profile)
     base = getattr(ModelConfig, profile.model)()
     configs = [parse_variant(v, base) for v in args.variants]
     # seed-major order: an interrupted run still has every variant's first seeds
-    tasks = [(profile.name, c, seed, args.real, args.save, f"v{i}", args.data, args.ensemble, args.epochs)
+    tasks = [(profile.name, c, seed, args.real, args.save, f"v{i}", args.data, args.ensemble, args.epochs, 1,
+              args.balanced)
              for seed in range(args.first_seed, args.first_seed + args.seeds) for i, c in enumerate(configs)]
     if len(tasks) == 1:  # one ensemble: its members train in parallel instead
-        done = {(tasks[0][5], tasks[0][2]): run_one(*tasks[0], member_jobs=args.jobs)}
+        done = {(tasks[0][5], tasks[0][2]): run_one(*tasks[0][:9], member_jobs=args.jobs, balanced=args.balanced)}
     else:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:  # CUDA-safe
             done = dict(zip([(t[5], t[2]) for t in tasks], pool.map(run_one, *zip(*tasks))))
@@ -132,6 +140,7 @@ def main() -> None:
                for seed in range(args.first_seed, args.first_seed + args.seeds)]
     kind = f"; {args.ensemble}-member ensembles" if args.ensemble else ""
     kind += f"; {args.epochs} epochs" if args.epochs else ""
+    kind += "; family-weighted bootstrap" if args.balanced else ""
     print(f"Machine: {describe()}; profile {profile.name}, {args.seeds} seeds from {args.first_seed}, "
           f"{args.jobs} parallel processes; data {args.data or 'embedded'}{kind}\n")
     header = "| variant | test MSE median | flattened R² | η | uniform heads |"

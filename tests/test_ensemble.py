@@ -62,6 +62,18 @@ def test_bootstrap_is_seeded_and_draws_with_replacement():
     assert not np.array_equal(a, bootstrap(100, 2))
 
 
+def test_weighted_bootstrap_follows_the_weights():
+    weights = np.zeros(100)
+    weights[:10] = 1.0
+    weights[10] = 9.0  # index 10 carries half the mass
+    draw = bootstrap(100, 1, weights)
+    assert len(draw) == 100 and draw.max() <= 10 and 30 < np.count_nonzero(draw == 10) < 70
+    assert np.array_equal(draw, bootstrap(100, 1, weights))
+    for bad in (np.zeros(100), -weights, np.ones(99), np.full(100, np.nan)):
+        with pytest.raises(ValueError, match="bootstrap weights"):
+            bootstrap(100, 1, bad)
+
+
 def test_knn_distance_by_hand():
     ref = torch.tensor([[0.0, 0.0], [3.0, 4.0], [10.0, 0.0]])
     assert knn_distance(torch.tensor([[0.0, 0.0]]), ref, k=2).item() == pytest.approx(2.5)  # (0 + 5) / 2

@@ -163,6 +163,19 @@ def test_deficit_order_counts_finished_spectra_but_not_finished_jobs():
     assert [j.structure_id for j in order if j.element == "Fe"] == ["s0", "s1", "s2"]  # as given
 
 
+def test_prototype_families_take_turns_within_an_element():
+    from xanes_utils.feff import spread_families
+
+    sources = {"y1": {"prototype": "YBCO"}, "y2": {"prototype": "YBCO"}, "y3": {"prototype": "YBCO"},
+               "s1": {"prototype": "spinel"}, "own": {}}
+    jobs = [Job("y1", 0, "Cu"), Job("y2", 0, "Cu"), Job("y1", 0, "Y"), Job("y3", 0, "Cu"), Job("s1", 0, "Cu"),
+            Job("own", 0, "Cu"), Job("y2", 0, "Y")]
+    order = spread_families(jobs, sources)
+    assert [(j.structure_id, j.element) for j in order] == [
+        ("y1", "Cu"), ("y1", "Y"), ("s1", "Cu"), ("own", "Cu"), ("y2", "Cu"), ("y2", "Y"), ("y3", "Cu")]
+    assert spread_families(jobs, {}) == jobs  # without sources every structure is its own family
+
+
 def test_compound_plan_puts_the_scarcest_element_first_and_caps_new_jobs(tmp_path):
     from pymatgen.core import Lattice, Structure
 

@@ -53,9 +53,17 @@ K_NEAREST = 5
 DOMAIN_QUANTILE = 0.95
 
 
-def bootstrap(n: int, seed: int) -> np.ndarray:
-    """``n`` indices drawn with replacement from ``range(n)`` (seeded), sorted."""
-    return np.sort(np.random.default_rng(seed).integers(0, n, size=n))
+def bootstrap(n: int, seed: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """``n`` indices drawn with replacement from ``range(n)`` (seeded), sorted; with ``weights`` [n] (not
+    all zero) index i is drawn with probability proportional to ``weights[i]``
+    (:func:`xanes_utils.sampling.family_weights`)."""
+    rng = np.random.default_rng(seed)
+    if weights is None:
+        return np.sort(rng.integers(0, n, size=n))
+    weights = np.asarray(weights, float)
+    if weights.shape != (n,) or not np.all(np.isfinite(weights)) or weights.min() < 0 or weights.sum() <= 0:
+        raise ValueError(f"bootstrap weights must be {n} finite, non-negative numbers, not all zero")
+    return np.sort(rng.choice(n, size=n, replace=True, p=weights / weights.sum()))
 
 
 @dataclass
@@ -180,11 +188,11 @@ def _train_member(task: bytes) -> tuple[dict, dict]:
 
 
 def train_ensemble(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config: ModelConfig,
-                   train_config: TrainConfig, n_members: int = 5, jobs: int = 1, progress: bool = True
-                   ) -> tuple[Ensemble, list[dict]]:
+                   train_config: TrainConfig, n_members: int = 5, jobs: int = 1, progress: bool = True,
+                   weights: np.ndarray | None = None) -> tuple[Ensemble, list[dict]]:
     """Train ``n_members`` members (member m: seed ``train_config.seed + 1 + m``, bootstrap resample of
-    ``train_graphs`` with that seed), then calibrate the spread and fit the domain score on
-    ``val_graphs``. ``jobs`` > 1 trains members in parallel processes of one thread each. Returns the
+    ``train_graphs`` with that seed, drawn in proportion to ``weights`` if given), then calibrate the
+    spread and fit the domain score on ``val_graphs``. ``jobs`` > 1 trains members in parallel processes of one thread each. Returns the
     ensemble and the members' histories."""
     from tqdm import tqdm
 
@@ -193,7 +201,7 @@ def train_ensemble(train_graphs: Sequence[Data], val_graphs: Sequence[Data], mod
     tasks = []
     for m in range(n_members):
         seed = train_config.seed + 1 + m
-        pick = [train_graphs[i] for i in bootstrap(len(train_graphs), seed)]
+        pick = [train_graphs[i] for i in bootstrap(len(train_graphs), seed, weights)]
         tasks.append(pickle.dumps((Batch.from_data_list(pick), Batch.from_data_list(list(val_graphs)), model_config,
                                    dataclasses.replace(train_config, seed=seed),
                                    torch.get_num_threads() if jobs == 1 else 1)))

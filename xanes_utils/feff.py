@@ -420,6 +420,21 @@ def by_deficit(jobs: list[Job], finished: Counter, done: Callable[[Job], bool] =
     return [job for _, job in sorted(zip(keys, jobs), key=lambda kv: kv[0])]
 
 
+def spread_families(jobs: list[Job], sources: dict[str, dict]) -> list[Job]:
+    """``jobs`` with each element's prototype families taken in turns: a job whose structure's family
+    (``sources[structure]["prototype"]``, else the structure itself) has ``k`` earlier jobs of the same
+    element gets the key ``k``, and jobs are stably sorted by it. So an element's first job of every
+    family comes before any family's second (the substitutions of one prototype are near duplicates for
+    an absorber: :mod:`xanes_utils.sampling`); jobs already finished count, as they come first in a plan."""
+    seen: Counter = Counter()
+    keys = []
+    for job in jobs:
+        family = (job.element, sources.get(job.structure_id, {}).get("prototype") or job.structure_id)
+        keys.append(seen[family])
+        seen[family] += 1
+    return [job for _, job in sorted(zip(keys, jobs), key=lambda kv: kv[0])]
+
+
 def balanced(todo: list[Job], out_dir: str | Path) -> list[Job]:
     """Reorder pending jobs so that the elements with the fewest finished spectra catch up first
     (:func:`by_deficit`). After an interrupted run, failures or a changed plan, this keeps the dataset
@@ -608,7 +623,8 @@ def _interleave(groups: list[list]) -> list:
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m xanes_utils.feff", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    gen = sub.add_parser("generate", help="run pending FEFF jobs of a plan (resumable)")
+    gen = sub.add_parser("generate", help="run pending FEFF jobs of a plan (resumable; by deficit over elements, "
+                                          "an element's prototype families in turns)")
     gen.add_argument("--plan", default="data/plan.json.gz", help="plan file (made by `plan`)")
     gen.add_argument("--out", default="data/feff_runs", help="directory of finished/failed records")
     gen.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
@@ -665,7 +681,7 @@ def _main(argv: list[str] | None = None) -> None:
                  time.perf_counter() - start, args.out, dict(Counter(j.element for j in jobs)))
     elif args.cmd == "generate":
         plan = read_json(args.plan)
-        jobs = [Job(**j) for j in plan["jobs"]][: args.limit]
+        jobs = spread_families([Job(**j) for j in plan["jobs"]][: args.limit], plan.get("sources", {}))
         if args.elements:
             unknown = sorted(set(args.elements) - set(ELEMENTS))
             if unknown:
