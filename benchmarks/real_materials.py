@@ -32,6 +32,7 @@ from machine import describe  # noqa: E402
 
 from xanes_utils.calibration import coverage, rank_correlation  # noqa: E402
 from xanes_utils.compounds import first_shell, shell_statistics  # noqa: E402
+from xanes_utils.convergence import edge_position  # noqa: E402
 from xanes_utils.ensemble import Ensemble, predict_ensemble  # noqa: E402
 from xanes_utils.evaluate import spectrum_mse, spectrum_pearson, mean_spectra  # noqa: E402
 from xanes_utils.graphs import N_NEIGHBOURS, build_graphs  # noqa: E402
@@ -156,7 +157,8 @@ def score_row(name: str, real: RealSet, pred: np.ndarray) -> str:
 
 def shell_rows(real: RealSet, pred: np.ndarray, top: int = 8) -> str:
     """Markdown table of ``pred``'s errors per first shell (majority species and size, e.g. O4), the ``top``
-    most common shells of the set: sites, median MSE of the model and of our training mean, both η."""
+    most common shells of the set: sites, median MSE of the model and of our training mean, both η, and the
+    median of the model's half-step edge position minus the reference's (eV; > 0: predicted edges too high)."""
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(real.records):
         shell = first_shell(r.structure, r.site)
@@ -164,12 +166,14 @@ def shell_rows(real: RealSet, pred: np.ndarray, top: int = 8) -> str:
         key = f"{majority}{len(shell)}"
         groups.setdefault(key, []).append(i)
     model, base, own = (spectrum_mse(real.y, p) for p in (pred, real.train_mean, real.own_mean))
+    offset = np.array([edge_position(r.energy, p) - edge_position(r.energy, y)
+                       for r, p, y in zip(real.records, pred, real.y)])
     lines = ["| first shell | sites | model median MSE | training-mean median MSE | η (our training mean) "
-             "| η (set's own mean) |", "|---|---:|---:|---:|---:|---:|"]
+             "| η (set's own mean) | edge offset (eV) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for key, idx in sorted(groups.items(), key=lambda kv: -len(kv[1]))[:top]:
         m = np.median(model[idx])
         lines.append(f"| {key} | {len(idx)} | {m:.4f} | {np.median(base[idx]):.4f} | {np.median(base[idx]) / m:.2f} | "
-                     f"{np.median(own[idx]) / m:.2f} |")
+                     f"{np.median(own[idx]) / m:.2f} | {np.median(offset[idx]):+.2f} |")
     return "\n".join(lines)
 
 
