@@ -13,7 +13,8 @@ per-model best global shift as a diagnostic; plus the first-shell statistics of 
 ensemble, also the coverage of its uncertainty bands and how well its domain score ranks the errors. With
 ``--by-shell``, each model's errors per first shell of the absorber (majority species and size). With
 ``--combine``, also the plain average of all the models' predictions (an ensemble of separately trained
-networks, e.g. the seeds of ``model_options.py --save``). The data
+networks, e.g. the seeds of ``model_options.py --save``). With ``--library RUNS``, our finished FEFF10 records
+of the set's element against the set, per first shell (edge energy, bond length, mean spectra). The data
 file is for development only: nothing derived from its structures or spectra is written to disk except
 ignored graph and site-embedding caches under ``cache/``.
 """
@@ -21,6 +22,7 @@ ignored graph and site-embedding caches under ``cache/``.
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import sys
 from pathlib import Path
@@ -161,10 +163,7 @@ def shell_rows(real: RealSet, pred: np.ndarray, top: int = 8) -> str:
     median of the model's half-step edge position minus the reference's (eV; > 0: predicted edges too high)."""
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(real.records):
-        shell = first_shell(r.structure, r.site)
-        majority = max(sorted(set(shell)), key=shell.count) if shell else "none"  # a tie: the first by name
-        key = f"{majority}{len(shell)}"
-        groups.setdefault(key, []).append(i)
+        groups.setdefault(shell_key(r.structure, r.site), []).append(i)
     model, base, own = (spectrum_mse(real.y, p) for p in (pred, real.train_mean, real.own_mean))
     offset = np.array([edge_position(r.energy, p) - edge_position(r.energy, y)
                        for r, p, y in zip(real.records, pred, real.y)])
@@ -174,6 +173,52 @@ def shell_rows(real: RealSet, pred: np.ndarray, top: int = 8) -> str:
         m = np.median(model[idx])
         lines.append(f"| {key} | {len(idx)} | {m:.4f} | {np.median(base[idx]):.4f} | {np.median(base[idx]) / m:.2f} | "
                      f"{np.median(own[idx]) / m:.2f} | {np.median(offset[idx]):+.2f} |")
+    return "\n".join(lines)
+
+
+def shell_key(structure, site: int) -> str:
+    """First shell as majority species and size (e.g. ``O4``; a tie: the first species by name)."""
+    shell = first_shell(structure, site)
+    majority = max(sorted(set(shell)), key=shell.count) if shell else "none"
+    return f"{majority}{len(shell)}"
+
+
+def library_rows(real: RealSet, runs: str | Path, top: int = 6) -> str:
+    """Markdown table comparing, per first shell (the ``top`` most common of the real set), our finished FEFF10
+    records of the set's element(s) under ``runs`` with the real set: sites, median half-step edge energy,
+    median first-shell bond length, the MSE between the two mean spectra, and each site's median MSE to the
+    real shell's mean (ours, and the real sites' own spread)."""
+    from pymatgen.core import Structure
+
+    from xanes_utils.dataset import finished_record_paths
+    from xanes_utils.io import read_json
+    from xanes_utils.structures import first_shell_neighbours
+
+    def describe(structure, site: int, energy: np.ndarray, mu: np.ndarray) -> tuple[str, float, float, np.ndarray]:
+        bond = float(np.mean([nb.nn_distance for nb in first_shell_neighbours(structure, site)]))
+        return shell_key(structure, site), edge_position(energy, mu), bond, mu
+
+    elements = set(real.elements)
+    ours = [describe(Structure.from_dict(rec["structure"]), rec["absorbing_index"], np.array(rec["x"]),
+                     np.array(rec["y"]))
+            for rec in (read_json(p) for p in finished_record_paths(runs) if p.parent.name in elements)]
+    theirs = [describe(r.structure, r.site, r.energy, y) for r, y in zip(real.records, real.y)]
+    lines = ["| first shell | sites (ours / real) | edge, ours / real (eV) | bond, ours / real (Å) | MSE of the means "
+             "| median MSE to the real mean: ours / real sites |", "|---|---:|---:|---:|---:|---:|"]
+    for key, _ in collections.Counter(t[0] for t in theirs).most_common(top):
+        a = [t for t in ours if t[0] == key]
+        b = [t for t in theirs if t[0] == key]
+        mean_b = np.mean([t[3] for t in b], axis=0)
+        spread_b = np.median([np.mean((t[3] - mean_b) ** 2) for t in b])
+        if not a:
+            lines.append(f"| {key} | 0 / {len(b)} | – / {np.median([t[1] for t in b]):.1f} | – / "
+                         f"{np.median([t[2] for t in b]):.3f} | – | – / {spread_b:.4f} |")
+            continue
+        mean_a = np.mean([t[3] for t in a], axis=0)
+        lines.append(f"| {key} | {len(a)} / {len(b)} | {np.median([t[1] for t in a]):.1f} / "
+                     f"{np.median([t[1] for t in b]):.1f} | {np.median([t[2] for t in a]):.3f} / "
+                     f"{np.median([t[2] for t in b]):.3f} | {np.mean((mean_a - mean_b) ** 2):.4f} | "
+                     f"{np.median([np.mean((t[3] - mean_b) ** 2) for t in a]):.4f} / {spread_b:.4f} |")
     return "\n".join(lines)
 
 
@@ -194,6 +239,9 @@ def main() -> None:
     parser.add_argument("--combine", action="store_true", help="also score the average of all models' predictions")
     parser.add_argument("--by-shell", action="store_true",
                         help="also break each model's errors down by the absorber's first shell")
+    parser.add_argument("--library", default=None, metavar="RUNS",
+                        help="also compare our finished FEFF10 records under RUNS (e.g. data/feff_runs) of the set's "
+                             "element with the set, per first shell")
     parser.add_argument("--calibrate", type=int, default=0, metavar="N",
                         help="first run our FEFF10 on N sites and print the shift that aligns them")
     parser.add_argument("--calibrate-draw", choices=("random", "smallest"), default="random",
@@ -238,6 +286,9 @@ def main() -> None:
               "| Spearman(domain score, MSE) | Spearman(mean σ, MSE) |\n|---|---:|---:|---:|---:|---:|---:|")
         print("\n".join(bands))
     print("\n".join(shells))
+    if args.library:
+        print(f"\nOur finished records under {args.library} against the set, per first shell:\n\n"
+              f"{library_rows(real, args.library)}")
 
 
 if __name__ == "__main__":
