@@ -7,7 +7,8 @@ from pymatgen.core import Composition, Lattice, Structure
 
 from xanes_utils.compounds import (
     anion_coordinated, anion_substitutions, compound_library, compound_sites, extended_library, first_shell,
-    likelihood, new_structures, rank, relaxed_ids, replace_sites, shell_statistics, site_substitutions,
+    likelihood, new_structures, polyanion, polyanion_library, rank, relaxed_ids, replace_sites, shell_statistics,
+    site_substitutions,
 )
 from xanes_utils.structures import SourceStructure, oxidation_states, substitute
 
@@ -141,3 +142,26 @@ def test_extended_library_derives_from_sources_and_substitutions():
     assert ids == [s.id for s in extended_library(base)]
     assert {"nio-OtoS", "nio-NitoCo-OtoS", "nio-Ni0toZn"} <= set(ids)
     assert "nio-Ni0toCo" not in ids  # a duplicate of nio-NitoCo
+
+
+def test_polyanion_compounds_are_told_from_plain_oxides():
+    assert polyanion(olivine().structure)  # SiO4 units
+    assert not polyanion(nio().structure) and not polyanion(nial().structure)
+    assert not polyanion(delafossite().structure)  # CuFeO2: a mixed oxide without an oxo-anion former
+    vanadate = Structure.from_spacegroup("Fm-3m", Lattice.cubic(8.4), ["Zn", "V", "O"],
+                                         [[0, 0, 0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]])
+    v2o3 = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.1), ["V", "O"], [[0, 0, 0], [0.5] * 3])
+    assert polyanion(vanadate) and not polyanion(v2o3)  # V forms an oxo-anion only beside another metal
+
+
+def test_polyanion_library_keeps_new_frameworks_and_their_substitutions():
+    library = polyanion_library([olivine(), nio()], existing=relaxed_ids([nio()]))
+    ids = [item.id for item in library]
+    # forsterite itself has no absorbing element; its substitutions do; NiO is no polyanion compound
+    assert "olivine-relaxed" not in ids and not any(i.startswith("nio") for i in ids)
+    assert "olivine-Mg0toNi-relaxed" in ids and "olivine-Mg4toNi-relaxed" in ids
+    assert all(item.source["relaxed"] and polyanion(item.structure) for item in library)
+    # a structure already planned (by id) is not planned again
+    (nickel,) = [item for item in site_substitutions(olivine()) if item.id == "olivine-Mg0toNi"]
+    again = polyanion_library([olivine()], existing=relaxed_ids([nickel]))
+    assert "olivine-Mg0toNi-relaxed" not in [item.id for item in again] and len(again) == len(library) - 1

@@ -243,6 +243,39 @@ def extended_library(base: list[SourceStructure]) -> list[SourceStructure]:
     return new_structures(base, [c for c in sites + anions if _usable(c)])
 
 
+#: Non-metals that with O form the oxo-anions of polyanion compounds (borates, carbonates, nitrates, silicates,
+#: phosphates, sulfates, germanates, arsenates, selenates, tellurates).
+OXOANION_NONMETALS = frozenset({"B", "C", "N", "Si", "P", "S", "Ge", "As", "Se", "Te"})
+#: Metals that form oxo-anions (vanadates, chromates, molybdates, tungstates) beside another metal cation.
+OXOANION_METALS = frozenset({"V", "Cr", "Mo", "W"})
+
+
+def polyanion(structure: Structure) -> bool:
+    """Whether ``structure`` is a polyanion compound: O with an oxo-anion former (a non-metal of
+    :data:`OXOANION_NONMETALS`, or a metal of :data:`OXOANION_METALS` beside another metal)."""
+    symbols = set(structure.symbol_set)
+    if "O" not in symbols:
+        return False
+    metals = {el for el in symbols if Element(el).is_metal}
+    return bool(symbols & OXOANION_NONMETALS) or bool(metals & OXOANION_METALS and len(metals) >= 2)
+
+
+def polyanion_library(compounds: list[SourceStructure], existing: list[SourceStructure]) -> list[SourceStructure]:
+    """The polyanion compounds of an ionic library ``compounds`` (:func:`compound_library`) and their site
+    substitutions (:func:`site_substitutions`, substituted sources included: their frameworks are as
+    real), named as relaxed (:func:`relaxed_ids`), valid, and new against ``existing`` (by id, then by
+    StructureMatcher: :func:`new_structures`), e.g. the compound plan's structures. Real compounds of
+    most metals sit in polyanion frameworks (phosphates, sulfates, silicates, ...), which the prototype
+    sources hold few of; this is the part of the library that the compound plan's cap left out."""
+    base = [item for item in compounds if polyanion(item.structure)]
+    subs = [sub for item in base for sub in site_substitutions(item)]
+    known = {item.id for item in existing}
+    candidates = [c for c in relaxed_ids(base + subs) if c.id not in known and _usable(c)]
+    log.info("polyanions: %d compounds, %d site substitutions, %d not in the existing plan",
+             len(base), len(subs), len(candidates))
+    return new_structures(existing, candidates)
+
+
 def _usable(item: SourceStructure) -> bool:
     """Whether :func:`xanes_utils.structures.check_structure` accepts ``item``'s structure (logged if not)."""
     try:

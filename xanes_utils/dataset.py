@@ -64,8 +64,9 @@ def finished_record_paths(runs_dir: str | Path) -> list[Path]:
     return [p for p in sorted(Path(runs_dir).glob("*/*.json.gz")) if p.parent.name in ELEMENTS]
 
 
-#: The plans whose structures' provenance ``pack`` records (the prototype library, the relaxed compounds).
-PLANS = (DATA_DIR / "plan.json.gz", DATA_DIR / "plan_compounds.json.gz")
+#: The plans whose structures' provenance ``pack`` records (the prototype library, the relaxed compounds, the
+#: relaxed polyanion compounds).
+PLANS = (DATA_DIR / "plan.json.gz", DATA_DIR / "plan_compounds.json.gz", DATA_DIR / "plan_polyanions.json.gz")
 
 
 def pack(runs_dir: str | Path, out: str | Path = DEFAULT_DATASET,

@@ -638,11 +638,15 @@ def _main(argv: list[str] | None = None) -> None:
     pl = sub.add_parser("plan", help="build the structure library and the job plan")
     pl.add_argument("--out", default="data/plan.json.gz")
     pl.add_argument("--no-minerals", action="store_true", help="skip robocrys' mineral database")
-    pl.add_argument("--library", choices=("prototypes", "compounds"), default="prototypes",
+    pl.add_argument("--library", choices=("prototypes", "compounds", "polyanions"), default="prototypes",
                     help="prototypes: every source and substitution, round-robin over elements (the first "
                          "dataset); compounds: anion-coordinated sites of ionic structures, their site, "
                          "oxidation-state and anion substitutions, by likelihood within an element and by "
-                         "deficit over elements, relaxed with CHGNet before FEFF")
+                         "deficit over elements, relaxed with CHGNet before FEFF; polyanions: the polyanion "
+                         "compounds (phosphates, sulfates, silicates, ...) and their site substitutions that "
+                         "are not in the --existing plan, ordered and relaxed as compounds")
+    pl.add_argument("--existing", default="data/plan_compounds.json.gz",
+                    help="polyanions: plan whose structures are not planned again")
     pl.add_argument("--runs", default="data/feff_runs",
                     help="compounds: finished records that count towards an element's spectra (deficit order)")
     pl.add_argument("--max-per-element", type=int, default=0,
@@ -664,6 +668,14 @@ def _main(argv: list[str] | None = None) -> None:
             compounds = compound_library(library)
             library = relaxed_ids(compounds + extended_library(compounds))
             base = [s.id for s in library[:len(compounds)]]
+        elif args.library == "polyanions":
+            from xanes_utils.compounds import compound_library, polyanion_library
+            from xanes_utils.structures import SourceStructure
+
+            existing = read_json(args.existing) if Path(args.existing).exists() else {"structures": {}, "sources": {}}
+            library = polyanion_library(compound_library(library), [
+                SourceStructure(id=k, structure=Structure.from_dict(v), source=existing["sources"].get(k, {}))
+                for k, v in existing["structures"].items()])
         # sites are chosen on the structures as stored in the plan (and as FEFF will see them): symmetry
         # finding can differ after the dict round trip for a few structures
         library = [dataclasses.replace(s, structure=Structure.from_dict(s.structure.as_dict())) for s in library]
@@ -672,7 +684,7 @@ def _main(argv: list[str] | None = None) -> None:
         used = {j.structure_id for j in jobs}
         library = [s for s in library if s.id in used]
         atomic_write_json(args.out, {
-            "relax": args.library == "compounds",
+            "relax": args.library != "prototypes",
             "jobs": [dataclasses.asdict(j) for j in jobs],
             "structures": {s.id: s.structure.as_dict() for s in library},
             "sources": {s.id: s.source for s in library},
