@@ -60,8 +60,8 @@ def run_one(profile_name: str, config: ModelConfig, seed: int, real_path: str | 
             save: str | None, tag: str, data: str | None = None, ensemble: int = 0, epochs: int = 0,
             member_jobs: int = 1, balanced: bool = False) -> list[float]:
     """Train one seed of one variant (an ``ensemble``-member ensemble if > 0, its members ``member_jobs`` at a
-    time, resampled with family weights if ``balanced``; ``epochs`` > 0 overrides the profile's); return [test MSE, R², η, uniform heads (NaN for an
-    ensemble), real η (2), ...]."""
+    time, resampled with family weights if ``balanced``; ``epochs`` > 0 overrides the profile's); return
+    [test MSE, R², η, uniform heads (NaN for an ensemble), real η (2), ...]."""
     import torch
 
     from xanes_utils.ensemble import save_ensemble, train_ensemble

@@ -148,10 +148,11 @@ def test_polyanion_compounds_are_told_from_plain_oxides():
     assert polyanion(olivine().structure)  # SiO4 units
     assert not polyanion(nio().structure) and not polyanion(nial().structure)
     assert not polyanion(delafossite().structure)  # CuFeO2: a mixed oxide without an oxo-anion former
-    vanadate = Structure.from_spacegroup("Fm-3m", Lattice.cubic(8.4), ["Zn", "V", "O"],
-                                         [[0, 0, 0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]])
-    v2o3 = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.1), ["V", "O"], [[0, 0, 0], [0.5] * 3])
-    assert polyanion(vanadate) and not polyanion(v2o3)  # V forms an oxo-anion only beside another metal
+    lattice = Lattice.cubic(10.0)  # compositions matter here, not geometry
+    vanadate = Structure(lattice, ["Zn"] + ["V"] * 2 + ["O"] * 6, [[i / 9, 0, 0] for i in range(9)])  # ZnV2O6: V5+
+    spinel = Structure(lattice, ["Cu"] + ["Cr"] * 2 + ["O"] * 4, [[i / 7, 0, 0] for i in range(7)])  # CuCr2O4: Cr3+
+    v2o5 = Structure(lattice, ["V"] * 2 + ["O"] * 5, [[i / 7, 0, 0] for i in range(7)])
+    assert polyanion(vanadate) and not polyanion(spinel) and not polyanion(v2o5)
 
 
 def test_polyanion_library_keeps_new_frameworks_and_their_substitutions():

@@ -166,7 +166,7 @@ def test_deficit_order_counts_finished_spectra_but_not_finished_jobs():
 def test_prototype_families_take_turns_within_an_element():
     from xanes_utils.feff import spread_families
 
-    sources = {"y1": {"prototype": "YBCO"}, "y2": {"prototype": "YBCO"}, "y3": {"prototype": "YBCO"},
+    sources = {"y1": {"prototype": "YBCO"}, "y2": {"prototype": "YBCO"}, "y3": {"example": "YBCO"},
                "s1": {"prototype": "spinel"}, "own": {}}
     jobs = [Job("y1", 0, "Cu"), Job("y2", 0, "Cu"), Job("y1", 0, "Y"), Job("y3", 0, "Cu"), Job("s1", 0, "Cu"),
             Job("own", 0, "Cu"), Job("y2", 0, "Y")]

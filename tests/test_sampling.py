@@ -21,6 +21,9 @@ def record(rid: str, element: str, prototype: str | None = None, relaxed: bool =
 
 def test_family_of_a_library_record_and_of_a_user_record():
     assert family(record("p-MtoCu-0", "Cu", "P")) == ("P", "Cu", False)
+    example = record("pmg-LiFePO4-FetoCu-0", "Cu")
+    example.source = {"library": "pymatgen", "example": "LiFePO4"}
+    assert family(example) == ("LiFePO4", "Cu", False)
     assert family(record("mine-0", "Cu")) == ("mine-0", "Cu", False)
 
 

@@ -246,18 +246,28 @@ def extended_library(base: list[SourceStructure]) -> list[SourceStructure]:
 #: Non-metals that with O form the oxo-anions of polyanion compounds (borates, carbonates, nitrates, silicates,
 #: phosphates, sulfates, germanates, arsenates, selenates, tellurates).
 OXOANION_NONMETALS = frozenset({"B", "C", "N", "Si", "P", "S", "Ge", "As", "Se", "Te"})
-#: Metals that form oxo-anions (vanadates, chromates, molybdates, tungstates) beside another metal cation.
+#: Metals that form oxo-anions (vanadates, chromates, molybdates, tungstates) at their highest oxidation
+#: states, beside another metal cation.
 OXOANION_METALS = frozenset({"V", "Cr", "Mo", "W"})
+#: Lowest oxidation state at which a metal of :data:`OXOANION_METALS` counts as an oxo-anion former (V5+).
+OXOANION_MIN_STATE = 5
 
 
 def polyanion(structure: Structure) -> bool:
-    """Whether ``structure`` is a polyanion compound: O with an oxo-anion former (a non-metal of
-    :data:`OXOANION_NONMETALS`, or a metal of :data:`OXOANION_METALS` beside another metal)."""
+    """Whether ``structure`` is a polyanion compound: O with an oxo-anion former, a non-metal of
+    :data:`OXOANION_NONMETALS` or, beside another metal, a metal of :data:`OXOANION_METALS` at oxidation
+    state 5 or more (ZnV2O6 is, the spinel CuCr2O4 is not)."""
     symbols = set(structure.symbol_set)
     if "O" not in symbols:
         return False
+    if symbols & OXOANION_NONMETALS:
+        return True
     metals = {el for el in symbols if Element(el).is_metal}
-    return bool(symbols & OXOANION_NONMETALS) or bool(metals & OXOANION_METALS and len(metals) >= 2)
+    formers = metals & OXOANION_METALS
+    if not formers or len(metals) < 2:
+        return False
+    oxi = oxidation_states(structure) or {}
+    return any(oxi.get(el, 0) >= OXOANION_MIN_STATE for el in formers)
 
 
 def polyanion_library(compounds: list[SourceStructure], existing: list[SourceStructure]) -> list[SourceStructure]:

@@ -192,8 +192,8 @@ def train_ensemble(train_graphs: Sequence[Data], val_graphs: Sequence[Data], mod
                    weights: np.ndarray | None = None) -> tuple[Ensemble, list[dict]]:
     """Train ``n_members`` members (member m: seed ``train_config.seed + 1 + m``, bootstrap resample of
     ``train_graphs`` with that seed, drawn in proportion to ``weights`` if given), then calibrate the
-    spread and fit the domain score on ``val_graphs``. ``jobs`` > 1 trains members in parallel processes of one thread each. Returns the
-    ensemble and the members' histories."""
+    spread and fit the domain score on ``val_graphs``. ``jobs`` > 1 trains members in parallel processes
+    of one thread each. Returns the ensemble and the members' histories."""
     from tqdm import tqdm
 
     if n_members < 2:

@@ -38,7 +38,7 @@ from pymatgen.core import Structure
 from xanes_utils.dataset import finished_record_paths
 from xanes_utils.elements import ELEMENTS, check_element, energy_grid
 from xanes_utils.io import atomic_write_json, read_json
-from xanes_utils.structures import check_structure
+from xanes_utils.structures import check_structure, source_family
 
 log = logging.getLogger(__name__)
 
@@ -422,14 +422,14 @@ def by_deficit(jobs: list[Job], finished: Counter, done: Callable[[Job], bool] =
 
 def spread_families(jobs: list[Job], sources: dict[str, dict]) -> list[Job]:
     """``jobs`` with each element's prototype families taken in turns: a job whose structure's family
-    (``sources[structure]["prototype"]``, else the structure itself) has ``k`` earlier jobs of the same
+    (:func:`xanes_utils.structures.source_family` of ``sources[structure]``) has ``k`` earlier jobs of the same
     element gets the key ``k``, and jobs are stably sorted by it. So an element's first job of every
     family comes before any family's second (the substitutions of one prototype are near duplicates for
     an absorber: :mod:`xanes_utils.sampling`); jobs already finished count, as they come first in a plan."""
     seen: Counter = Counter()
     keys = []
     for job in jobs:
-        family = (job.element, sources.get(job.structure_id, {}).get("prototype") or job.structure_id)
+        family = (job.element, source_family(sources.get(job.structure_id, {}), job.structure_id))
         keys.append(seen[family])
         seen[family] += 1
     return [job for _, job in sorted(zip(keys, jobs), key=lambda kv: kv[0])]

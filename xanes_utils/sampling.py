@@ -4,7 +4,8 @@ The library puts many metals into one prototype, so for one absorbing element th
 family are near duplicates (in the compound library, 32 Cu sites of YBa2Cu3O7 with Y replaced by other
 metals: square-planar Cu-O sites of high valence, whose edges sit ~1 eV above those of typical Cu(II)
 oxides). :func:`family_weights` gives a record the weight ``1 / sqrt(n)``, ``n`` the size of its family
-(prototype, absorbing element, relaxed or not) among the records weighted, so a family of n sites counts
+(prototype or pymatgen example: :func:`xanes_utils.structures.source_family`; absorbing element; relaxed or
+not) among the records weighted, so a family of n sites counts
 as sqrt(n) sites; and weight 0 to an unrelaxed substitution whose CHGNet-relaxed structure is among them
 with the same absorbing element (the relaxed one replaces it: the unrelaxed cell's bond lengths are the
 heuristic guess). The weights of each absorbing element are then scaled to sum to its number of records
@@ -21,12 +22,14 @@ from typing import Sequence
 import numpy as np
 
 from xanes_utils.dataset import Record
+from xanes_utils.structures import source_family
 
 
 def family(record: Record) -> tuple[str, str, bool]:
-    """(prototype, absorbing element, relaxed) of a library record; (its id, element, False) otherwise."""
+    """(prototype or example, absorbing element, relaxed) of a library record; (its id, element, False)
+    otherwise."""
     source = record.source or {}
-    return (source.get("prototype") or record.id, record.element, bool(source.get("relaxed")))
+    return (source_family(source, record.id), record.element, bool(source.get("relaxed")))
 
 
 def family_weights(records: Sequence[Record]) -> np.ndarray:

@@ -77,6 +77,12 @@ class SourceStructure:
     source: dict = field(default_factory=dict)
 
 
+def source_family(source: dict, fallback: str) -> str:
+    """The structure family a ``source`` descends from: its AFLOW prototype or pymatgen example, whatever
+    was substituted into it; ``fallback`` (e.g. the structure's id) for a structure of no library."""
+    return source.get("prototype") or source.get("example") or fallback
+
+
 def _aflow_path() -> str:
     spec = find_spec("pymatgen.analysis.prototypes")
     return os.path.join(os.path.dirname(spec.origin), "aflow_prototypes.json.gz")
