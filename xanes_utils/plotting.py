@@ -25,15 +25,48 @@ def style() -> None:
                          matplotlib.cycler(color=OKABE_ITO)})
 
 
+#: Largest per-channel difference (of 255) between a new PNG rendering and the file on disk that counts as
+#: the same figure: float rounding on another CPU (e.g. CHGNet features computed with other SIMD kernels)
+#: moves a few anti-aliased pixels by one level.
+SAME_FIGURE_LEVELS = 1
+
+
+def _same_rendering(png: bytes, path: Path) -> bool:
+    """Whether the PNG ``png`` equals the image at ``path`` to :data:`SAME_FIGURE_LEVELS` in every pixel."""
+    import io
+
+    from PIL import Image
+
+    if not path.exists():
+        return False
+    try:
+        new = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"), dtype=np.int16)
+        old = np.asarray(Image.open(path).convert("RGBA"), dtype=np.int16)
+    except OSError:  # an unreadable file on disk is replaced
+        return False
+    return new.shape == old.shape and int(np.abs(new - old).max()) <= SAME_FIGURE_LEVELS
+
+
 def save_figure(fig: plt.Figure, name: str, directory: str | Path = FIGURES_DIR) -> list[Path]:
     """Save ``fig`` as ``<name>.png`` and ``<name>.pdf`` (name starts with the notebook number) in
-    ``directory``: the notebooks pass :func:`xanes_utils.profiles.figures_dir` of their run."""
+    ``directory``: the notebooks pass :func:`xanes_utils.profiles.figures_dir` of their run. When both files
+    exist and the new PNG rendering differs from the one on disk by at most :data:`SAME_FIGURE_LEVELS` in
+    every pixel, their contents are left as they are (only their times are updated), so rerunning the
+    notebooks on another machine leaves unchanged figures unchanged."""
+    import io
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    paths = [directory / f"{name}.png", directory / f"{name}.pdf"]
-    for path in paths:
-        fig.savefig(path, bbox_inches="tight", metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
-    return paths
+    png, pdf = directory / f"{name}.png", directory / f"{name}.pdf"
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    if pdf.exists() and _same_rendering(buffer.getvalue(), png):
+        for path in (png, pdf):
+            path.touch()  # produced by this run all the same (run_all.py lists figures by time)
+    else:
+        png.write_bytes(buffer.getvalue())
+        fig.savefig(pdf, bbox_inches="tight", metadata={"CreationDate": None})
+    return [png, pdf]
 
 
 def element_grid(values: Mapping[str, float], ax: plt.Axes, cmap: str = "cividis", fmt: str = "{:.0f}",
