@@ -3,6 +3,7 @@
     python benchmarks/feff_timing.py [--runs data/feff_runs]
     python benchmarks/feff_timing.py --study data/convergence     # seconds per settings of the study
     python benchmarks/feff_timing.py --match=-relaxed-            # only the relaxed compounds' spectra
+    python benchmarks/feff_timing.py --plan data/plan_polyanions.json.gz   # only that plan's structures
 
 Each record stores the wall time of its FEFF run(s) on one core (a retry included); this prints a
 markdown table for BENCHMARKS.md.
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--runs", default="data/feff_runs")
     parser.add_argument("--study", default=None, help="a convergence-study directory instead of --runs")
     parser.add_argument("--match", default="", help="only records whose file name contains this text")
+    parser.add_argument("--plan", default=None, help="only records of structures of this plan file")
     args = parser.parse_args()
     if args.study:
         study_table(Path(args.study))
@@ -35,9 +37,12 @@ def main() -> None:
     runs = Path(args.runs)
     seconds: dict[str, list[float]] = {}
     retried = 0
+    planned = set(read_json(args.plan)["structures"]) if args.plan else None
     for path in runs.glob("*/*.json.gz"):
         if path.parent.name in ELEMENTS and args.match in path.name:
             rec = read_json(path)
+            if planned is not None and rec["structure_id"] not in planned:
+                continue
             seconds.setdefault(rec["absorbing_element"], []).append(rec["seconds"])
             retried += bool(rec["retried"])
     failed = len(list(runs.glob("failed/*.json")))
