@@ -194,15 +194,16 @@ def library_rows(real: RealSet, runs: str | Path, top: int = 6) -> str:
     from xanes_utils.io import read_json
     from xanes_utils.structures import first_shell_neighbours
 
-    def describe(structure, site: int, energy: np.ndarray, mu: np.ndarray) -> tuple[str, float, float, np.ndarray]:
+    def site_summary(structure, site: int, energy: np.ndarray, mu: np.ndarray
+                     ) -> tuple[str, float, float, np.ndarray]:
         bond = float(np.mean([nb.nn_distance for nb in first_shell_neighbours(structure, site)]))
         return shell_key(structure, site), edge_position(energy, mu), bond, mu
 
     elements = set(real.elements)
-    ours = [describe(Structure.from_dict(rec["structure"]), rec["absorbing_index"], np.array(rec["x"]),
+    ours = [site_summary(Structure.from_dict(rec["structure"]), rec["absorbing_index"], np.array(rec["x"]),
                      np.array(rec["y"]))
             for rec in (read_json(p) for p in finished_record_paths(runs) if p.parent.name in elements)]
-    theirs = [describe(r.structure, r.site, r.energy, y) for r, y in zip(real.records, real.y)]
+    theirs = [site_summary(r.structure, r.site, r.energy, y) for r, y in zip(real.records, real.y)]
     lines = ["| first shell | sites (ours / real) | edge, ours / real (eV) | bond, ours / real (Å) | MSE of the means "
              "| median MSE to the real mean: ours / real sites |", "|---|---:|---:|---:|---:|---:|"]
     for key, _ in collections.Counter(t[0] for t in theirs).most_common(top):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -33,8 +34,6 @@ SAME_FIGURE_LEVELS = 1
 
 def _same_rendering(png: bytes, path: Path) -> bool:
     """Whether the PNG ``png`` equals the image at ``path`` to :data:`SAME_FIGURE_LEVELS` in every pixel."""
-    import io
-
     from PIL import Image
 
     if not path.exists():
@@ -53,8 +52,6 @@ def save_figure(fig: plt.Figure, name: str, directory: str | Path = FIGURES_DIR)
     exist and the new PNG rendering differs from the one on disk by at most :data:`SAME_FIGURE_LEVELS` in
     every pixel, their contents are left as they are (only their times are updated), so rerunning the
     notebooks on another machine leaves unchanged figures unchanged."""
-    import io
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     png, pdf = directory / f"{name}.png", directory / f"{name}.pdf"
