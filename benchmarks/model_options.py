@@ -128,16 +128,17 @@ def main() -> None:
     base = getattr(ModelConfig, profile.model)()
     configs = [parse_variant(v, base) for v in args.variants]
     # seed-major order: an interrupted run still has every variant's first seeds
-    tasks = [(profile.name, c, seed, args.real, args.save, f"v{i}", args.data, args.ensemble, args.epochs, 1,
-              args.balanced)
-             for seed in range(args.first_seed, args.first_seed + args.seeds) for i, c in enumerate(configs)]
-    if len(tasks) == 1:  # one ensemble: its members train in parallel instead
-        done = {(tasks[0][5], tasks[0][2]): run_one(*tasks[0][:9], member_jobs=args.jobs, balanced=args.balanced)}
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    grid = [(seed, i, c) for seed in seeds for i, c in enumerate(configs)]
+    member_jobs = args.jobs if len(grid) == 1 else 1  # one ensemble: its members train in parallel instead
+    tasks = [(profile.name, c, seed, args.real, args.save, f"v{i}", args.data, args.ensemble, args.epochs, member_jobs,
+              args.balanced) for seed, i, c in grid]
+    if len(tasks) == 1:
+        done = {(tasks[0][5], tasks[0][2]): run_one(*tasks[0])}
     else:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:  # CUDA-safe
             done = dict(zip([(t[5], t[2]) for t in tasks], pool.map(run_one, *zip(*tasks))))
-    results = [done[(f"v{i}", seed)] for i in range(len(configs))
-               for seed in range(args.first_seed, args.first_seed + args.seeds)]
+    results = [done[(f"v{i}", seed)] for i in range(len(configs)) for seed in seeds]
     kind = f"; {args.ensemble}-member ensembles" if args.ensemble else ""
     kind += f"; {args.epochs} epochs" if args.epochs else ""
     kind += "; family-weighted bootstrap" if args.balanced else ""

@@ -5,13 +5,12 @@ family are near duplicates (in the compound library, 32 Cu sites of YBa2Cu3O7 wi
 metals: square-planar Cu-O sites of high valence, whose edges sit ~1 eV above those of typical Cu(II)
 oxides). :func:`family_weights` gives a record the weight ``1 / sqrt(n)``, ``n`` the size of its family
 (prototype or pymatgen example: :func:`xanes_utils.structures.source_family`; absorbing element; relaxed or
-not) among the records weighted, so a family of n sites counts
-as sqrt(n) sites; and weight 0 to an unrelaxed substitution whose CHGNet-relaxed structure is among them
-with the same absorbing element (the relaxed one replaces it: the unrelaxed cell's bond lengths are the
-heuristic guess). The weights of each absorbing element are then scaled to sum to its number of records
-kept, so the balance between elements stays as it is. A record without a prototype (a user's data, real
-structures) is a family of its own. Used by the ensemble's weighted bootstrap
-(:func:`xanes_utils.ensemble.bootstrap`).
+not) among the records weighted, so a family of n sites counts as sqrt(n) sites; and weight 0 to an
+unrelaxed substitution whose CHGNet-relaxed structure is among them with the same absorbing element (the
+relaxed one replaces it: the unrelaxed cell's bond lengths are the heuristic guess). The weights of each
+absorbing element are then scaled to sum to its number of records kept, so the balance between elements
+stays as it is. A record of no library (a user's data, real structures) is a family of its own. Used by the
+ensemble's weighted bootstrap (:func:`xanes_utils.ensemble.bootstrap`).
 """
 
 from __future__ import annotations
