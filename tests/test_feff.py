@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 
 import numpy as np
@@ -204,3 +205,37 @@ def test_compound_plan_puts_the_scarcest_element_first_and_caps_new_jobs(tmp_pat
     assert {j.structure_id for j in capped} == {"NiO-4.17", "NiO-4.4", "ZnO-4.28", "ZnO-4.4"}
     capped = plan_compound_jobs(library, max_per_element=1, keep={"NiO-4.4", "NiO-4.3"})
     assert {j.structure_id for j in capped} == {"NiO-4.3", "NiO-4.4", "ZnO-4.28"}
+
+
+def test_sites_of_one_structure_share_its_relaxation(tmp_path, monkeypatch):
+    from xanes_utils.relax import Relaxation, RelaxError
+
+    calls = []
+
+    def fake_relax(structure_id, structure_json):
+        calls.append(structure_id)
+        if structure_id == "bad":
+            raise RelaxError("bad: implausible relaxation: volume changed by -40 % after 9 steps; stopped")
+        relaxed = Structure.from_str(structure_json, fmt="json")
+        relaxed.scale_lattice(relaxed.volume * 0.9)
+        return relaxed, Relaxation(-5.0, -4.9, 12, 0.05, 72.5, 65.3, "fake")
+
+    monkeypatch.setattr(feff, "compute_spectrum", _fake_compute)
+    monkeypatch.setattr(feff, "_relaxed_cached", fake_relax)
+    nio = json.loads(rocksalt().to_json())  # as a plan holds it
+    first, second = Job("nio", 0, "Ni"), Job("nio", 1, "Ni")
+    assert feff._run_job(first, nio, str(tmp_path), TINY, None, relax=True)[1] == feff.DONE
+    assert feff._run_job(second, nio, str(tmp_path), TINY, None, relax=True)[1] == feff.DONE
+    assert calls == ["nio"]  # the second site read the first one's record
+    one, two = (read_json(tmp_path / "Ni" / f"{job.id}.json.gz") for job in (first, second))
+    assert one["structure"] == two["structure"] and one["relaxation"] == two["relaxation"]
+    assert two["relaxation"]["steps"] == 12 and two["initial_structure"] == nio
+    # a plan structure changed under the same id is relaxed afresh
+    changed = rocksalt(a=4.3).as_dict()
+    assert feff._run_job(Job("nio", 2, "Ni"), changed, str(tmp_path), TINY, None, relax=True)[1] == feff.DONE
+    assert calls == ["nio", "nio"]
+    # a recorded relaxation failure fails the structure's other sites without relaxing again
+    bad = [Job("bad", 0, "Ni"), Job("bad", 1, "Ni")]
+    outcomes = [feff._run_job(job, nio, str(tmp_path), TINY, None, relax=True) for job in bad]
+    assert [o[1] for o in outcomes] == [feff.FAILED, feff.FAILED] and calls.count("bad") == 1
+    assert "volume changed by -40 %" in outcomes[1][2] and bad[0].id in outcomes[1][2]

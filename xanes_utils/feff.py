@@ -16,6 +16,8 @@ import contextlib
 import dataclasses
 import errno
 import functools
+import glob
+import json
 import logging
 import os
 import shutil
@@ -267,8 +269,8 @@ def _run_job(job: Job, structure_dict: dict, out_dir: str, settings: FeffSetting
     extra: dict = {}
     try:
         if relax:
-            structure, relaxation = _relaxed(job.structure_id, structure)
-            extra = {"relaxation": relaxation.as_dict(), "initial_structure": structure_dict}
+            structure, relaxation = _relaxed(job.structure_id, structure, structure_dict, out_dir)
+            extra = {"relaxation": relaxation, "initial_structure": structure_dict}
             structure_dict = structure.as_dict()
         result = compute_spectrum(structure, job.site, settings, stage_timeout, workdir=_work_root(out_dir))
         record = {"id": job.id, "structure_id": job.structure_id, "absorbing_index": job.site,
@@ -302,13 +304,47 @@ def _relaxed_cached(structure_id: str, structure_json: str) -> tuple[Structure, 
     return relax_structure(Structure.from_str(structure_json, fmt="json"), name=structure_id)
 
 
-def _relaxed(structure_id: str, structure: Structure):
-    """Relaxed copy of a plan structure, cached per worker (the sites of one structure share it)."""
+def _relaxed(structure_id: str, structure: Structure, structure_dict: dict, out_dir: str) -> tuple[Structure, dict]:
+    """Relaxed copy of a plan structure and the relaxation's summary. The sites of one structure share one
+    relaxation: it is taken from another site's finished record in ``out_dir`` (or that site's recorded
+    relaxation failure is raised again) when there is one, else computed and cached in this worker."""
     import torch
 
+    from xanes_utils.relax import RelaxError
+
+    earlier = _earlier_relaxation(structure_id, structure_dict, out_dir)
+    if isinstance(earlier, str):
+        raise RelaxError(earlier)
+    if earlier is not None:
+        return earlier
     torch.set_num_threads(1)
     relaxed, info = _relaxed_cached(structure_id, structure.to(fmt="json"))
-    return relaxed.copy(), info
+    return relaxed.copy(), info.as_dict()
+
+
+def _earlier_relaxation(structure_id: str, structure_dict: dict, out_dir: str) -> tuple[Structure, dict] | str | None:
+    """The relaxation of ``structure_id`` done for another of its sites under ``out_dir``: (relaxed structure,
+    summary) from a finished record that started from ``structure_dict``, the reason of a recorded relaxation
+    failure (a string), or None. Unreadable records are passed over (the structure is then relaxed again)."""
+    root = Path(out_dir)
+    initial = json.dumps(structure_dict, sort_keys=True)
+    for path in sorted(root.glob(f"*/{glob.escape(structure_id)}-*.json.gz")):
+        try:
+            record = read_json(path)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: not reused for its structure's relaxation (%s)", path, exc)
+            continue
+        if (record.get("structure_id") == structure_id and "relaxation" in record
+                and json.dumps(record.get("initial_structure"), sort_keys=True) == initial):
+            return Structure.from_dict(record["structure"]), record["relaxation"]
+    for path in sorted((root / "failed").glob(f"{glob.escape(structure_id)}-*.json")):
+        try:
+            reason = str(read_json(path).get("reason", ""))
+        except (OSError, ValueError):
+            continue
+        if reason.startswith(f"RelaxError: {structure_id}: "):
+            return f"{reason.removeprefix('RelaxError: ')} (as for {path.name.removesuffix('.json')})"
+    return None
 
 
 def _work_root(out_dir: str) -> str:
