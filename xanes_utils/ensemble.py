@@ -133,8 +133,9 @@ class EnsemblePrediction:
 
 
 @torch.no_grad()
-def _run(model: Ensemble, graphs: Sequence[Data], batch_size: int) -> tuple[Tensor, Tensor]:
-    """Member spectra [M, n, out] and embeddings [M, n, d] of ``graphs`` (collated once for all members)."""
+def member_outputs(model: Ensemble, graphs: Sequence[Data], batch_size: int = 512) -> tuple[Tensor, Tensor]:
+    """Member spectra [M, n, out] and last hidden layers [M, n, d] of ``graphs`` (eval mode; collated once for
+    all members)."""
     model.eval()
     device = next(model.parameters()).device
     outs, embs = [], []
@@ -160,7 +161,7 @@ def predict_ensemble(model: Ensemble, graphs: Sequence[Data], batch_size: int = 
         z = np.zeros((0, model.config.out_dim), np.float32)
         return EnsemblePrediction(z, z, np.zeros((len(model.members),) + z.shape, np.float32), np.zeros(0),
                                   np.zeros(0, bool))
-    members, emb = _run(model, graphs, batch_size)
+    members, emb = member_outputs(model, graphs, batch_size)
     members_np = members.numpy()
     mu, std = mean_std(members_np)
     score = domain_scores(model, emb)
@@ -226,8 +227,8 @@ def fit_ensemble(model: Ensemble, train_graphs: Sequence[Data], val_graphs: Sequ
     calibration scale on ``val_graphs``, in place."""
     from xanes_utils.calibration import fit_scale
 
-    _, train_emb = _run(model, train_graphs, 512)
-    val_members, val_emb = _run(model, val_graphs, 512)
+    _, train_emb = member_outputs(model, train_graphs)
+    val_members, val_emb = member_outputs(model, val_graphs)
     k = model.domain.k
     train_emb = train_emb.half().float()  # as stored in the checkpoint
     model.domain = Domain(list(train_emb), [float(knn_distance(v, t, k).median()) for v, t in zip(val_emb, train_emb)],
