@@ -6,8 +6,8 @@ cell (FIRE, ``fmax`` eV/Å) on the CPU, offline, and refuses implausible results
 volume change beyond ``MAX_VOLUME_CHANGE``, atoms closer than ``MIN_DISTANCE``, non-finite energy) with a
 :class:`RelaxError` that names the structure and the problem. A relaxation whose volume leaves the accepted
 range is stopped at that step: a collapsing cell gathers ever more neighbours within the potential's cutoff,
-so its steps grow slower and its memory larger (a 28-atom phosphate took 1.5 s per step and 8 GB at a
-quarter of its volume) for a result that would be refused anyway. CHGNet (Modified BSD licence) is a
+so its steps grow slower and its memory larger (a 28-atom phosphate's steps slowed from 0.8 to 3.5 s by a
+quarter of its volume, and its worker held 8 GB) for a result that would be refused anyway. CHGNet (Modified BSD licence) is a
 dependency: the ensemble that ``predict`` ships also reads its site embeddings
 (:mod:`xanes_utils.site_embeddings`).
 """
