@@ -14,7 +14,8 @@ ensemble, also the coverage of its uncertainty bands and how well its domain sco
 ``--by-shell``, each model's errors per first shell of the absorber (majority species and size). With
 ``--combine``, also the plain average of all the models' predictions (an ensemble of separately trained
 networks, e.g. the seeds of ``model_options.py --save``). With ``--library RUNS``, our finished FEFF10 records
-of the set's element against the set, per first shell (edge energy, bond length, mean spectra). The data
+of the set's element against the set, per first shell (edge energy, bond length, mean spectra), and how
+well they span it (the mean of the k of our spectra nearest to each reference: an oracle). The data
 file is for development only: nothing derived from its structures or spectra is written to disk except
 ignored graph and site-embedding caches under ``cache/``.
 """
@@ -183,26 +184,35 @@ def shell_key(structure, site: int) -> str:
     return f"{majority}{len(shell)}"
 
 
-def library_rows(real: RealSet, runs: str | Path, top: int = 6) -> str:
-    """Markdown table comparing, per first shell (the ``top`` most common of the real set), our finished FEFF10
-    records of the set's element(s) under ``runs`` with the real set: sites, median half-step edge energy,
-    median first-shell bond length, the MSE between the two mean spectra, and each site's median MSE to the
-    real shell's mean (ours, and the real sites' own spread)."""
+Site = tuple[str, float, float, np.ndarray]  # first shell, half-step edge (eV), mean first-shell bond (Å), μ
+
+
+def site_summary(structure, site: int, energy: np.ndarray, mu: np.ndarray) -> Site:
+    """First shell key, half-step edge energy, mean first-shell bond length and spectrum of one site."""
+    from xanes_utils.structures import first_shell_neighbours
+
+    bond = float(np.mean([nb.nn_distance for nb in first_shell_neighbours(structure, site)]))
+    return shell_key(structure, site), edge_position(energy, mu), bond, mu
+
+
+def library_sites(real: RealSet, runs: str | Path) -> list[Site]:
+    """Our finished FEFF10 records under ``runs`` of the set's element(s), summarised per site."""
     from pymatgen.core import Structure
 
     from xanes_utils.dataset import finished_record_paths
     from xanes_utils.io import read_json
-    from xanes_utils.structures import first_shell_neighbours
-
-    def site_summary(structure, site: int, energy: np.ndarray, mu: np.ndarray
-                     ) -> tuple[str, float, float, np.ndarray]:
-        bond = float(np.mean([nb.nn_distance for nb in first_shell_neighbours(structure, site)]))
-        return shell_key(structure, site), edge_position(energy, mu), bond, mu
 
     elements = set(real.elements)
-    ours = [site_summary(Structure.from_dict(rec["structure"]), rec["absorbing_index"], np.array(rec["x"]),
-                     np.array(rec["y"]))
+    return [site_summary(Structure.from_dict(rec["structure"]), rec["absorbing_index"], np.array(rec["x"]),
+                         np.array(rec["y"]))
             for rec in (read_json(p) for p in finished_record_paths(runs) if p.parent.name in elements)]
+
+
+def library_rows(real: RealSet, ours: list[Site], top: int = 6) -> str:
+    """Markdown table comparing, per first shell (the ``top`` most common of the real set), our sites ``ours``
+    (:func:`library_sites`) with the real set: sites, median half-step edge energy, median first-shell bond
+    length, the MSE between the two mean spectra, and each site's median MSE to the real shell's mean (ours,
+    and the real sites' own spread)."""
     theirs = [site_summary(r.structure, r.site, r.energy, y) for r, y in zip(real.records, real.y)]
     lines = ["| first shell | sites (ours / real) | edge, ours / real (eV) | bond, ours / real (Å) | MSE of the means "
              "| median MSE to the real mean: ours / real sites |", "|---|---:|---:|---:|---:|---:|"]
@@ -220,6 +230,26 @@ def library_rows(real: RealSet, runs: str | Path, top: int = 6) -> str:
                      f"{np.median([t[1] for t in b]):.1f} | {np.median([t[2] for t in a]):.3f} / "
                      f"{np.median([t[2] for t in b]):.3f} | {np.mean((mean_a - mean_b) ** 2):.4f} | "
                      f"{np.median([np.mean((t[3] - mean_b) ** 2) for t in a]):.4f} / {spread_b:.4f} |")
+    return "\n".join(lines)
+
+
+def coverage_rows(real: RealSet, ours: list[Site], ks: tuple[int, ...] = (1, 3), top: int = 4) -> str:
+    """Markdown table of how well our spectra span the real ones: for each real site, the mean of the ``k``
+    library spectra closest to its reference (an oracle: it looks at the answer; what a model that chose
+    well among our spectra would reach); median MSE and η against our training mean, overall and for the
+    ``top`` most common first shells."""
+    library = np.stack([t[3] for t in ours])
+    nearest = np.argsort(((real.y[:, None, :] - library[None]) ** 2).mean(-1), axis=1)
+    base = spectrum_mse(real.y, real.train_mean)
+    keys = np.array([shell_key(r.structure, r.site) for r in real.records])
+    groups = [("all", np.arange(len(keys)))] + [(key, np.flatnonzero(keys == key))
+                                                 for key, _ in collections.Counter(keys).most_common(top)]
+    lines = ["| k nearest of ours | " + " | ".join(f"{key} ({len(idx)} sites): median MSE, η" for key, idx in groups)
+             + " |", "|---:|" + "---:|" * len(groups)]
+    for k in ks:
+        mse = spectrum_mse(real.y, library[nearest[:, :k]].mean(1))
+        lines.append(f"| {k} | " + " | ".join(f"{np.median(mse[idx]):.4f}, {np.median(base[idx]) / np.median(mse[idx]):.2f}"
+                                              for _, idx in groups) + " |")
     return "\n".join(lines)
 
 
@@ -288,8 +318,9 @@ def main() -> None:
         print("\n".join(bands))
     print("\n".join(shells))
     if args.library:
-        print(f"\nOur finished records under {args.library} against the set, per first shell:\n\n"
-              f"{library_rows(real, args.library)}")
+        ours = library_sites(real, args.library)
+        print(f"\nOur {len(ours)} finished records under {args.library} against the set, per first shell:\n\n"
+              f"{library_rows(real, ours)}\n\nNearest of ours to each real site (oracle):\n\n{coverage_rows(real, ours)}")
 
 
 if __name__ == "__main__":
