@@ -27,6 +27,7 @@ import argparse
 import collections
 import hashlib
 import sys
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -64,18 +65,26 @@ class RealSet:
         self.spectra = read_jsonl(path)
         self.shift = fit_shift(self.spectra, train_mean) if shift is None else shift
         self.records = to_records(self.spectra, self.shift)
-        tag = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
-        self.graphs = build_graphs(self.records, cache_path=ROOT / "cache" / f"real-{tag}-graphs-{n_neighbours}.pt",
+        self.cache_stem = f"real-{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]}"
+        self.graphs = build_graphs(self.records, ROOT / "cache" / f"{self.cache_stem}-graphs-{n_neighbours}.pt",
                                    progress=False, n_neighbours=n_neighbours)
         if site_embedding:
-            attach_site_embeddings(self.graphs, self.records,
-                                   ROOT / "cache" / cache_file_name(f"real-{tag}-site-embeddings", site_embedding),
-                                   progress=False, width=site_embedding)
+            attach_site_embeddings(self.graphs, self.records, self.embedding_cache(site_embedding), progress=False,
+                                   width=site_embedding)
         self.y = stack_targets(self.graphs)
         self.elements = [g.element for g in self.graphs]
         self.train_mean = np.stack([train_mean[el] for el in self.elements])
         own = mean_spectra(self.y, self.elements)
         self.own_mean = np.stack([own[el] for el in self.elements])
+
+    def embedding_cache(self, width: int) -> Path:
+        """Cache file of the set's ``width``-wide site embeddings (ignored, under ``cache/``)."""
+        return ROOT / "cache" / cache_file_name(f"{self.cache_stem}-site-embeddings", width)
+
+    @cached_property
+    def shells(self) -> list[str]:
+        """First shell of each site (:func:`shell_key`), computed once."""
+        return [shell_key(r.structure, r.site) for r in self.records]
 
     def score(self, pred: np.ndarray) -> dict[str, float]:
         """Median MSE, Pearson r and the two η of predictions ``pred`` [n, 111]."""
@@ -165,8 +174,8 @@ def shell_rows(real: RealSet, pred: np.ndarray, top: int = 8) -> str:
     most common shells of the set: sites, median MSE of the model and of our training mean, both η, and the
     median of the model's half-step edge position minus the reference's (eV; > 0: predicted edges too high)."""
     groups: dict[str, list[int]] = {}
-    for i, r in enumerate(real.records):
-        groups.setdefault(shell_key(r.structure, r.site), []).append(i)
+    for i, key in enumerate(real.shells):
+        groups.setdefault(key, []).append(i)
     model, base, own = (spectrum_mse(real.y, p) for p in (pred, real.train_mean, real.own_mean))
     offset = np.array([edge_position(r.energy, p) - edge_position(r.energy, y)
                        for r, p, y in zip(real.records, pred, real.y)])
@@ -197,12 +206,13 @@ class Site(NamedTuple):
     site: int
 
 
-def site_summary(structure, site: int, energy: np.ndarray, mu: np.ndarray) -> Site:
-    """First shell key, half-step edge energy, mean first-shell bond length and spectrum of one site."""
+def site_summary(structure, site: int, energy: np.ndarray, mu: np.ndarray, shell: str | None = None) -> Site:
+    """First shell key (``shell`` when already known), half-step edge energy, mean first-shell bond length
+    and spectrum of one site."""
     from xanes_utils.structures import first_shell_neighbours
 
     bond = float(np.mean([nb.nn_distance for nb in first_shell_neighbours(structure, site)]))
-    return Site(shell_key(structure, site), edge_position(energy, mu), bond, mu, structure, site)
+    return Site(shell or shell_key(structure, site), edge_position(energy, mu), bond, mu, structure, site)
 
 
 def library_sites(real: RealSet, runs: str | Path) -> list[Site]:
@@ -223,7 +233,8 @@ def library_rows(real: RealSet, ours: list[Site], top: int = 6) -> str:
     (:func:`library_sites`) with the real set: sites, median half-step edge energy, median first-shell bond
     length, the MSE between the two mean spectra, and each site's median MSE to the real shell's mean (ours,
     and the real sites' own spread)."""
-    theirs = [site_summary(r.structure, r.site, r.energy, y) for r, y in zip(real.records, real.y)]
+    theirs = [site_summary(r.structure, r.site, r.energy, y, key)
+              for r, y, key in zip(real.records, real.y, real.shells)]
     lines = ["| first shell | sites (ours / real) | edge, ours / real (eV) | bond, ours / real (Å) | MSE of the means "
              "| median MSE to the real mean: ours / real sites |", "|---|---:|---:|---:|---:|---:|"]
     for key, _ in collections.Counter(t.shell for t in theirs).most_common(top):
@@ -252,17 +263,17 @@ def coverage_rows(real: RealSet, ours: list[Site], ks: tuple[int, ...] = (1, 3),
     baseline that sees only structures). Median MSE and η against our training mean, overall and for the
     ``top`` most common first shells.
     """
-    from xanes_utils.site_embeddings import site_embeddings
+    from xanes_utils.site_embeddings import SITE_EMBEDDING_DIM, site_embeddings
 
     library = np.stack([t.mu for t in ours])
     oracle = np.argsort(((real.y[:, None, :] - library[None]) ** 2).mean(-1), axis=1)
-    theirs_emb = site_embeddings(real.records, progress=False).numpy()
+    theirs_emb = site_embeddings(real.records, real.embedding_cache(SITE_EMBEDDING_DIM), progress=False).numpy()
     ours_emb = site_embeddings(ours, progress=False).numpy()
     centre, scale = ours_emb.mean(0), ours_emb.std(0) + 1e-6
     a, b = (theirs_emb - centre) / scale, (ours_emb - centre) / scale
     embedded = np.argsort(((a[:, None, :] - b[None]) ** 2).sum(-1), axis=1)
     base = spectrum_mse(real.y, real.train_mean)
-    keys = np.array([shell_key(r.structure, r.site) for r in real.records])
+    keys = np.array(real.shells)
     groups = [("all", np.arange(len(keys)))] + [(key, np.flatnonzero(keys == key))
                                                  for key, _ in collections.Counter(keys).most_common(top)]
     lines = ["| nearest of ours | k | " + " | ".join(f"{key} ({len(idx)} sites): median MSE, η" for key, idx in groups)
@@ -270,8 +281,8 @@ def coverage_rows(real: RealSet, ours: list[Site], ks: tuple[int, ...] = (1, 3),
     for name, order in (("to the reference spectrum (oracle)", oracle), ("in CHGNet embedding space", embedded)):
         for k in ks:
             mse = spectrum_mse(real.y, library[order[:, :k]].mean(1))
-            lines.append(f"| {name} | {k} | " + " | ".join(
-                f"{np.median(mse[idx]):.4f}, {np.median(base[idx]) / np.median(mse[idx]):.2f}" for _, idx in groups) + " |")
+            cells = (f"{np.median(mse[i]):.4f}, {np.median(base[i]) / np.median(mse[i]):.2f}" for _, i in groups)
+            lines.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
