@@ -42,6 +42,9 @@ def test_pack_and_load_roundtrip(packed):
     out, manifest = packed
     assert manifest["n_spectra"] == 2 and manifest["counts"]["Ni"] == 1 and manifest["counts"]["Fe"] == 1
     assert manifest["counts"]["Zn"] == 0
+    # the runs predate the corehole setting: packed as the FSR core hole FEFF ran with, with the other defaults
+    [group] = manifest["settings"]
+    assert group["n"] == 2 and group["settings"]["corehole"] == "FSR" and group["settings"]["scf_radius"] == 3.0
     records = load_dataset(out)
     assert [r.id for r in records] == sorted(r.id for r in records)
     ni = next(r for r in records if r.element == "Ni")

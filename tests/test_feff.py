@@ -12,7 +12,8 @@ from pymatgen.core import Lattice, Structure
 
 from xanes_utils import feff
 from xanes_utils.elements import E_START, UnsupportedElementError, energy_grid
-from xanes_utils.feff import FeffRunError, FeffSettings, Job, balanced, compute_spectrum, generate, pending, to_grid
+from xanes_utils.feff import (COREHOLES, RPA_SETTINGS, FeffRunError, FeffSettings, Job, balanced, compute_spectrum,
+                              generate, pending, to_grid)
 from xanes_utils.io import read_json
 from xanes_utils.structures import StructureError
 
@@ -117,6 +118,17 @@ def test_safer_settings_change_scf_only():
     no_scf = FeffSettings(scf_radius=0).tags()
     assert "SCF" not in no_scf and "SCF" in no_scf["_del"]
     assert FeffSettings().tags()["SCF"].startswith("3.0 ")
+
+
+def test_corehole_card_and_validation(tmp_path):
+    salt = Structure(Lattice.cubic(4.2), ["Ni", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    for corehole in COREHOLES:
+        text = feff.write_inputs(salt, 0, tmp_path / corehole, FeffSettings(corehole=corehole)).read_text()
+        cards = [line.split() for line in text.splitlines() if line.startswith("COREHOLE")]
+        assert cards == [["COREHOLE", corehole]]
+    assert FeffSettings().corehole == "FSR" and RPA_SETTINGS.corehole == "RPA"
+    with pytest.raises(ValueError, match="corehole"):
+        FeffSettings(corehole="none")
 
 
 def test_plan_is_round_robin_over_elements_and_libraries():

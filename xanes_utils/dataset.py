@@ -76,6 +76,8 @@ def pack(runs_dir: str | Path, out: str | Path = DEFAULT_DATASET,
     Provenance (``sources``) comes from the ``plan`` file(s) that exist. Records are sorted by id so the
     file is byte-for-byte reproducible; structures are stored once.
     """
+    from xanes_utils.feff import complete_settings
+
     runs_dir, out = Path(runs_dir), Path(out)
     plans = [plan] if isinstance(plan, (str, Path)) else list(plan)
     sources = {k: v for p in plans if Path(p).exists() for k, v in read_json(p)["sources"].items()}
@@ -83,6 +85,7 @@ def pack(runs_dir: str | Path, out: str | Path = DEFAULT_DATASET,
     for path in finished_record_paths(runs_dir):
         rec = read_json(path)
         structures[rec["structure_id"]] = rec["structure"]
+        rec["settings"] = complete_settings(rec["settings"])
         settings[json.dumps(rec["settings"], sort_keys=True)] += 1
         records.append({
             "id": rec["id"], "material_id": rec["structure_id"], "absorbing_index": rec["absorbing_index"],

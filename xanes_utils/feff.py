@@ -79,6 +79,10 @@ def environment_problem(exc: BaseException, path: str | Path) -> str | None:
     return None
 
 
+#: FEFF core-hole treatments :class:`FeffSettings` accepts.
+COREHOLES = ("FSR", "RPA")
+
+
 @dataclass(frozen=True)
 class FeffSettings:
     """FEFF10 settings on top of the Materials Project XANES set (``MPXANESSet``).
@@ -87,6 +91,9 @@ class FeffSettings:
     upper limit (4.0 1/Å ≈ 61 eV above the Fermi level, covering the 55 eV window); ``scf_mixing`` is the
     SCF convergence accelerator (MP uses 0.2; 0.05 is the safer retry). The cluster radius is
     ``fms_radius + cluster_margin``. ``ldos=False`` drops MP's LDOS card, which XANES does not need.
+    ``corehole`` is FEFF's core-hole treatment: ``FSR`` (final-state rule, a full core hole: the Materials
+    Project's and the embedded dataset's) or ``RPA`` (a core hole screened in the random-phase approximation:
+    Lightshow's, so OmniXAS's).
     """
 
     scf_radius: float = 3.0
@@ -98,12 +105,18 @@ class FeffSettings:
     scf_iterations: int = 30
     ldos: bool = False
     cluster_margin: float = 1.0
+    corehole: str = "FSR"
+
+    def __post_init__(self) -> None:
+        if self.corehole not in COREHOLES:
+            raise ValueError(f"corehole must be one of {COREHOLES}, not {self.corehole!r}")
 
     def tags(self) -> dict:
         """``user_tag_settings`` for :class:`pymatgen.io.feff.sets.MPXANESSet`."""
         tags = {
             "FMS": f"{self.fms_radius} 0",
             "XANES": f"{self.xanes_kmax} {self.xanes_kstep} {self.xanes_estep}",
+            "COREHOLE": self.corehole,
         }
         if self.scf_radius > 0:
             tags["SCF"] = f"{self.scf_radius} 0 {self.scf_iterations} {self.scf_mixing} 1"
@@ -118,10 +131,18 @@ class FeffSettings:
         return dataclasses.replace(self, scf_mixing=0.05, scf_iterations=60)
 
 
+def complete_settings(recorded: dict) -> dict:
+    """A record's ``settings`` with every :class:`FeffSettings` field it predates set to the field's default
+    (each default reproduces the inputs written before the field existed, e.g. ``corehole`` FSR)."""
+    return {f.name: f.default for f in dataclasses.fields(FeffSettings)} | recorded
+
+
 #: Settings of the embedded dataset (see notebooks/00_feff_convergence and README).
 DEFAULT_SETTINGS = FeffSettings()
 #: The Materials Project's own XANES settings, the reference of the convergence study.
 MP_SETTINGS = FeffSettings(scf_radius=4.5, fms_radius=7.5, xanes_kmax=3.7, ldos=True, cluster_margin=2.5)
+#: The dataset's settings with Lightshow's (OmniXAS's) screened core hole.
+RPA_SETTINGS = FeffSettings(corehole="RPA")
 
 
 def write_inputs(structure: Structure, site: int, directory: str | Path,
