@@ -251,3 +251,26 @@ def test_sites_of_one_structure_share_its_relaxation(tmp_path, monkeypatch):
     outcomes = [feff._run_job(job, nio, str(tmp_path), TINY, None, relax=True) for job in bad]
     assert [o[1] for o in outcomes] == [feff.FAILED, feff.FAILED] and calls.count("bad") == 1
     assert "volume changed by -40 %" in outcomes[1][2] and bad[0].id in outcomes[1][2]
+
+
+def test_rerun_jobs_draws_finished_records_per_element(tmp_path):
+    from xanes_utils.feff import _done_path, rerun_jobs
+    from xanes_utils.io import atomic_write_json
+
+    def record(structure_id, site, element, a):
+        structure = Structure(Lattice.cubic(a), [element, "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+        job = Job(structure_id, site, element)
+        atomic_write_json(_done_path(tmp_path, job), {
+            "id": job.id, "structure_id": structure_id, "absorbing_index": site, "absorbing_element": element,
+            "structure": structure.as_dict(), "y": [0.0] * 111})
+
+    for i in range(5):
+        record(f"ni{i}-relaxed", 0, "Ni", 4.0 + 0.1 * i)
+    record("cu0", 0, "Cu", 4.2)
+    jobs, structures = rerun_jobs(tmp_path, 3, seed=1)
+    assert sorted(j.element for j in jobs) == ["Cu", "Ni", "Ni", "Ni"]
+    assert set(structures) == {j.structure_id for j in jobs}
+    ni = next(j for j in jobs if j.element == "Ni")
+    assert Structure.from_dict(structures[ni.structure_id]).lattice.a == pytest.approx(4.0 + 0.1 * int(ni.structure_id[2]))
+    assert rerun_jobs(tmp_path, 3, seed=1)[0] == jobs and rerun_jobs(tmp_path, 3, seed=2)[0] != jobs
+    assert [j.element for j in rerun_jobs(tmp_path, 10, elements=["Ni"])[0]] == ["Ni"] * 5

@@ -661,6 +661,29 @@ def plan_compound_jobs(library: list, seed: int = 0, runs_dir: str | Path | None
                       done=lambda job: _done_path(runs_dir, job).exists())
 
 
+def rerun_jobs(runs_dir: str | Path, per_element: int, seed: int = 0,
+               elements: Collection[str] | None = None) -> tuple[list[Job], dict[str, dict]]:
+    """Jobs and structures to run finished records of ``runs_dir`` again (with other settings): a seeded
+    uniform draw of ``per_element`` records of each element (of ``elements``, default all), on the structures
+    the records were computed on (relaxed ones included, so no relaxation runs again)."""
+    by_element: dict[str, list[Path]] = {}
+    for path in finished_record_paths(runs_dir):
+        if elements is None or path.parent.name in elements:
+            by_element.setdefault(path.parent.name, []).append(path)
+    rng = np.random.default_rng(seed)
+    groups, structures = [], {}
+    for element in sorted(by_element):
+        paths = by_element[element]
+        chosen = [paths[i] for i in np.sort(rng.choice(len(paths), min(per_element, len(paths)), replace=False))]
+        group = []
+        for path in chosen:
+            rec = read_json(path)
+            structures[rec["structure_id"]] = rec["structure"]
+            group.append(Job(rec["structure_id"], rec["absorbing_index"], rec["absorbing_element"]))
+        groups.append(group)
+    return _interleave(groups), structures
+
+
 def _capped(jobs: list[Job], cap: int, keep: Collection[str]) -> list[Job]:
     """``jobs`` without those of structures not in ``keep`` beyond the first ``cap`` jobs kept."""
     room = cap - sum(job.structure_id in keep for job in jobs)
@@ -708,6 +731,15 @@ def _main(argv: list[str] | None = None) -> None:
                     help="compounds: finished records that count towards an element's spectra (deficit order)")
     pl.add_argument("--max-per-element", type=int, default=0,
                     help="compounds: drop an element's new (extension) jobs beyond N jobs (default 0: none)")
+    rr = sub.add_parser("rerun", help="run a seeded sample of finished records again with other settings "
+                                      "(e.g. the RPA core hole) into another directory; resumable")
+    rr.add_argument("--runs", default="data/feff_runs", help="finished records to sample")
+    rr.add_argument("--out", default="data/feff_runs_rpa", help="directory of the new records")
+    rr.add_argument("--corehole", choices=COREHOLES, default="RPA")
+    rr.add_argument("--per-element", type=int, default=40, help="records per element")
+    rr.add_argument("--seed", type=int, default=0)
+    rr.add_argument("--elements", nargs="+", default=None, metavar="EL", help="only these elements")
+    rr.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     pk = sub.add_parser("pack", help="pack finished records into the dataset file with a manifest")
     pk.add_argument("--runs", default="data/feff_runs")
     pk.add_argument("--out", default="data/xanes_feff10_k.json.gz")
@@ -764,6 +796,14 @@ def _main(argv: list[str] | None = None) -> None:
         except KeyboardInterrupt:
             raise SystemExit(130) from None
         log.info("generate: %s", counts)
+    elif args.cmd == "rerun":
+        jobs, structures = rerun_jobs(args.runs, args.per_element, args.seed, args.elements)
+        try:
+            counts = generate(jobs, structures, args.out, args.workers,
+                              settings=dataclasses.replace(DEFAULT_SETTINGS, corehole=args.corehole))
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
+        log.info("rerun: %s", counts)
     elif args.cmd == "pack":
         from xanes_utils.dataset import pack
 
