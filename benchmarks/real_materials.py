@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import hashlib
 import sys
 from functools import cached_property
@@ -39,8 +40,10 @@ from machine import describe  # noqa: E402
 from xanes_utils.calibration import coverage, rank_correlation  # noqa: E402
 from xanes_utils.compounds import first_shell, shell_statistics  # noqa: E402
 from xanes_utils.convergence import edge_position  # noqa: E402
+from xanes_utils.corehole import load_transfers, transfer_spectra  # noqa: E402
 from xanes_utils.ensemble import Ensemble, predict_ensemble  # noqa: E402
 from xanes_utils.evaluate import spectrum_mse, spectrum_pearson, mean_spectra  # noqa: E402
+from xanes_utils.feff import COREHOLES, DEFAULT_SETTINGS, FeffSettings  # noqa: E402
 from xanes_utils.graphs import N_NEIGHBOURS, build_graphs  # noqa: E402
 from xanes_utils.omnixas import fit_shift, read_jsonl, to_records  # noqa: E402
 from xanes_utils.profiles import ROOT, get_profile  # noqa: E402
@@ -114,8 +117,8 @@ def calibration_sites(spectra: list, n: int, draw: str = "random", seed: int = 0
     return [spectra[i] for i in np.sort(np.random.default_rng(seed).choice(len(spectra), n, replace=False))]
 
 
-def calibrate_shift(chosen: list, workers: int = 2) -> None:
-    """Run our FEFF10 (dataset settings) on the ``chosen`` sites and print the global shift that aligns the
+def calibrate_shift(chosen: list, workers: int = 2, settings: FeffSettings = DEFAULT_SETTINGS) -> None:
+    """Run our FEFF10 (``settings``, default the dataset's) on the ``chosen`` sites and print the global shift that aligns the
     reference spectra with it (lowest median MSE), the agreement after it, and each site's own best shift
     (nothing is written to disk). A site whose FEFF run fails is reported and left out."""
     from concurrent.futures import ProcessPoolExecutor
@@ -123,10 +126,11 @@ def calibrate_shift(chosen: list, workers: int = 2) -> None:
     from pymatgen.core import Structure
     from tqdm import tqdm
 
-    from xanes_utils.feff import DEFAULT_SETTINGS, compute_spectrum
+    from xanes_utils.feff import compute_spectrum
 
     with ProcessPoolExecutor(workers) as pool:
-        futures = [pool.submit(compute_spectrum, Structure.from_dict(s.structure_dict), s.site, DEFAULT_SETTINGS, 900.0) for s in chosen]
+        futures = [pool.submit(compute_spectrum, Structure.from_dict(s.structure_dict), s.site, settings, 900.0)
+                   for s in chosen]
         ours, kept = [], []
         for s, future in zip(chosen, tqdm(futures, desc="FEFF10 calibration")):
             try:
@@ -141,7 +145,7 @@ def calibrate_shift(chosen: list, workers: int = 2) -> None:
     y_ref = np.stack([r.mu for r in to_records(kept, shifts[best])])
     own = shifts[np.argmin(mse, axis=0)]
     q10, q50, q90 = np.percentile(own, [10, 50, 90])
-    print(f"FEFF10 (dataset settings) on {len(kept)} sites: best global shift {shifts[best]:+.1f} eV, median MSE "
+    print(f"FEFF10 (core hole {settings.corehole}) on {len(kept)} sites: best global shift {shifts[best]:+.1f} eV, median MSE "
           f"{np.median(mse[best]):.4f}, median Pearson r {np.median(spectrum_pearson(y_ref, y_ours)):.3f}; "
           f"each site's own best shift: median {q50:+.1f} eV, 10-90 % {q10:+.1f} to {q90:+.1f} eV")
     for s, shift, m in zip(kept, own, mse[best]):
@@ -313,13 +317,22 @@ def main() -> None:
     parser.add_argument("--calibrate-seed", type=int, default=0)
     parser.add_argument("--calibrate-workers", type=int, default=1, help="FEFF processes for the calibration")
     parser.add_argument("--calibrate-only", action="store_true", help="stop after the calibration")
+    parser.add_argument("--corehole", choices=COREHOLES, default="FSR",
+                        help="core hole of the calibration's FEFF10 runs (the dataset's: FSR)")
+    parser.add_argument("--transfer", default=None, metavar="FILE",
+                        help="core-hole transfer (xanes_utils.corehole) applied to every prediction and to the "
+                             "training mean before scoring; give the --shift calibrated with that core hole")
     args = parser.parse_args()
     if args.calibrate:
         chosen = calibration_sites(read_jsonl(args.data), args.calibrate, args.calibrate_draw, args.calibrate_seed)
-        calibrate_shift(chosen, workers=args.calibrate_workers)
+        calibrate_shift(chosen, workers=args.calibrate_workers,
+                        settings=dataclasses.replace(DEFAULT_SETTINGS, corehole=args.corehole))
         if args.calibrate_only:
             return
     mean = training_mean()
+    transfers = load_transfers(args.transfer) if args.transfer else None
+    if transfers:  # the baseline is our training mean as the transfer sees it
+        mean = {el: t.apply(mean[el]) for el, t in transfers.items()}
     sets: dict[tuple[int, int], RealSet] = {}
     bands: list[str] = []
     shells: list[str] = []
@@ -338,8 +351,10 @@ def main() -> None:
             print("| model | median MSE | median Pearson r | η (our training mean) | η (set's own mean) "
                   "| best extra shift, η |\n|---|---:|---:|---:|---:|---:|")
         preds.append(predict_graphs(model, real.graphs))
+        if transfers:
+            preds[-1] = transfer_spectra(transfers, preds[-1], real.elements)
         print(score_row(path, real, preds[-1]))
-        if isinstance(model, Ensemble):
+        if isinstance(model, Ensemble) and not transfers:  # the bands are the FSR predictions'
             bands.append(uncertainty_row(path, model, real))
         if args.by_shell:
             shells.append(f"\n{path}, per first shell:\n\n{shell_rows(real, preds[-1])}")
