@@ -1,0 +1,82 @@
+"""Which core hole: FEFF10 with the full core hole (FSR, the dataset's) against the screened one (RPA) on the
+measured reference spectra of notebook 07, and how well an FSR -> RPA transfer learns the difference:
+
+    python benchmarks/corehole_study.py --rpa-experiment /tmp/exp_rpa      # runs the RPA FEFF first if missing
+    python benchmarks/corehole_study.py --rpa-experiment DIR --pairs data/feff_runs data/feff_runs_rpa
+
+The experiment part runs FEFF10 with ``COREHOLE RPA`` (otherwise the dataset's settings) on every distinct
+absorber site of the reference structures into ``--rpa-experiment`` (resumable; the FSR spectra are the
+committed ``data/experiment_feff``), then scores both against experiment exactly as notebook 07 does
+(min-max on the common window, leave-one-out shift per element). With ``--pairs FSR RPA`` it also reports,
+per element with paired runs, the cross-validated error of :func:`xanes_utils.corehole.fit_transfer` against
+the identity (FSR taken as RPA) and the mean difference alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+
+from xanes_utils.corehole import ALPHAS, fit_transfer, paired_spectra  # noqa: E402
+from xanes_utils.experiment import FEFF_DIR, compare, feff_averages, load_measured, reference_jobs  # noqa: E402
+from xanes_utils.feff import RPA_SETTINGS, generate  # noqa: E402
+
+
+def experiment_rows(rpa_dir: str | Path, workers: int) -> str:
+    """Markdown table: FSR and RPA FEFF10 against each measured spectrum, and the medians."""
+    jobs, structures = reference_jobs()
+    generate(jobs, structures, rpa_dir, workers, settings=RPA_SETTINGS)
+    fsr, rpa = feff_averages(FEFF_DIR), feff_averages(rpa_dir)
+    measured = [m for m in load_measured() if m.formula in fsr and m.formula in rpa]
+    rows = {}
+    for name, feff in (("FSR", fsr), ("RPA", rpa)):
+        by_id = {m.id: feff[m.formula] for m in measured}
+        rows[name] = compare(measured, by_id, by_id, {m.element: feff[m.formula] for m in measured})
+    lines = ["| measured | compound | FSR: MSE, Pearson r, shift (eV) | RPA: MSE, Pearson r, shift (eV) |",
+             "|---|---|---:|---:|"]
+    for f, r in zip(rows["FSR"], rows["RPA"]):
+        lines.append(f"| {f['id']} | {f['formula']} | {f['feff_mse']:.4f}, {f['feff_pearson']:.3f}, {f['shift']:+.1f} "
+                     f"| {r['feff_mse']:.4f}, {r['feff_pearson']:.3f}, {r['shift']:+.1f} |")
+    mse = {k: np.array([row["feff_mse"] for row in v]) for k, v in rows.items()}
+    lines.append(f"| median of {len(measured)} | | {np.median(mse['FSR']):.4f} | {np.median(mse['RPA']):.4f} |")
+    lines.append(f"\nRPA closer to experiment on {int((mse['RPA'] < mse['FSR']).sum())} of {len(measured)} spectra.")
+    return "\n".join(lines)
+
+
+def transfer_rows(fsr_runs: str, rpa_runs: str) -> str:
+    """Markdown table: per element, the cross-validated MSE of the transfer, the mean difference and the identity."""
+    lines = ["| element | pairs | identity MSE | mean difference (CV) | ridge transfer (CV) | ridge strength |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for element, (fsr, rpa, _) in paired_spectra(fsr_runs, rpa_runs).items():
+        if len(fsr) < 5:
+            continue
+        mean_only = fit_transfer(element, fsr, rpa, alphas=[float("inf")])
+        ridge = fit_transfer(element, fsr, rpa, alphas=ALPHAS)
+        lines.append(f"| {element} | {len(fsr)} | {((rpa - fsr) ** 2).mean():.5f} | {mean_only.cv_mse:.5f} "
+                     f"| {ridge.cv_mse:.5f} | {ridge.alpha:g} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rpa-experiment", default=None, metavar="DIR",
+                        help="directory for the RPA FEFF10 runs of the reference structures")
+    parser.add_argument("--pairs", nargs=2, default=None, metavar=("FSR", "RPA"),
+                        help="run directories of paired FSR and RPA records (`python -m xanes_utils.feff rerun`)")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    print(f"Machine: {describe()}\n")
+    if args.rpa_experiment:
+        print(experiment_rows(args.rpa_experiment, args.workers), "\n")
+    if args.pairs:
+        print(transfer_rows(*args.pairs))
+
+
+if __name__ == "__main__":
+    main()
