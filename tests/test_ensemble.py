@@ -160,3 +160,33 @@ def test_predict_and_cli_write_the_band(ensemble, tmp_path):
     assert rows[0].split(",")[5:7] == ["domain_score", "out_of_domain"] and rows[1].split(",")[6] == "1"
     assert main(["predict", str(cif), "--out", str(tmp_path / "one"), "--model", str(path), "--member", "0"]) == 0
     assert np.loadtxt(tmp_path / "one" / "NiO_Ni0_site0_Ni_K.csv", delimiter=",", skiprows=1).shape == (111, 2)
+
+
+def test_rpa_core_hole_maps_every_member_and_refuses_elements_without_a_transfer(ensemble, tmp_path, caplog):
+    from xanes_utils.corehole import fit_transfer, save_transfers
+    from xanes_utils.ensemble import mean_std
+
+    rng = np.random.default_rng(0)
+    fsr = rng.uniform(0, 1.5, (30, 111))
+    rpa = 0.9 * fsr + 0.05  # a known map: damped, offset
+    path = tmp_path / "transfer.json"
+    transfer = fit_transfer("Ni", fsr, rpa)
+    save_transfers(path, [transfer])
+    nio = rocksalt("Ni", 4.17)
+    (plain,) = predict(nio, model=ensemble)
+    (mapped,) = predict(nio, model=ensemble, corehole="RPA", transfers=path)
+    members = predict_ensemble(ensemble, [build_graph(nio, 0)]).members[:, 0]
+    mu, raw = mean_std(np.stack([transfer.apply(m) for m in members]))
+    assert mapped.corehole == "RPA" and plain.corehole == "FSR"
+    assert np.allclose(mapped.mu, mu, atol=1e-5) and np.allclose(mapped.mu_std, ensemble.scale * raw, atol=1e-5)
+    assert not np.allclose(mapped.mu, plain.mu, atol=1e-3)
+    with pytest.raises(ValueError, match=r"no core-hole transfer for Co \(only for Ni\)"):
+        predict(rocksalt("Co", 4.26), model=ensemble, corehole="RPA", transfers=path)
+    cif = tmp_path / "CoO.cif"
+    rocksalt("Co", 4.26).to(filename=str(cif))
+    model_path = tmp_path / "ens.pt"
+    save_ensemble(model_path, ensemble)
+    with caplog.at_level(logging.ERROR, logger="xanes_utils"):
+        code = main(["predict", str(cif), "--out", str(tmp_path / "out"), "--model", str(model_path),
+                     "--corehole", "RPA", "--transfers", str(path)])
+    assert code == 2 and "no core-hole transfer for Co" in caplog.text

@@ -25,6 +25,11 @@ training data (the PNGs shade that band). A site whose environment lies far from
 is flagged out of domain (a warning, and out_of_domain=1 in <name>_sites.csv): its error can exceed the
 band. --member I uses one network only (no band).
 
+core hole: the spectra are FEFF10's with the full core hole of the final-state rule (FSR), as in the
+Materials Project's database the paper trained on. --corehole RPA maps them to the RPA-screened core hole
+(Lightshow's setting, as in OmniXAS; slightly closer to measured spectra) with a per-element transfer
+fitted on our own spectra computed both ways; elements without a transfer are refused.
+
 output per FILE: <name>_<label>_site<i>_<El>_K.csv/.png per symmetry-distinct site (i is 0-based, in
 the order pymatgen reads the file, <label> the CIF's site label), <name>_<El>_K_average.csv/.png (the
 multiplicity-weighted average over the sites, what one compares with a measured spectrum), and
@@ -46,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="use only member I (0-based) of an ensemble: no uncertainty band")
     pr.add_argument("--sites", type=int, nargs="+", default=None, metavar="I",
                     help="0-based site indices in pymatgen's order (default: every distinct site)")
+    pr.add_argument("--corehole", choices=("FSR", "RPA"), default="FSR",
+                    help="core hole of the returned spectra (default FSR, the training data's; RPA: mapped by "
+                         "the core-hole transfer, so far for Cu)")
+    pr.add_argument("--transfers", default=None, metavar="FILE",
+                    help="core-hole transfer file for --corehole RPA (default: the committed one)")
     pr.add_argument("--threads", type=int, default=1, metavar="N",
                     help="torch CPU threads (default 1: fastest for a few structures; more can help for "
                          "thousands of sites on an idle machine)")
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = len(missing)
     for file, stem in todo:
         try:
-            preds = predict(file, sites=args.sites, model=model)
+            preds = predict(file, sites=args.sites, model=model, corehole=args.corehole, transfers=args.transfers)
         except (ValueError, OSError, IndexError) as exc:
             log.error("%s", exc)
             failed += 1

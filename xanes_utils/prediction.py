@@ -45,7 +45,8 @@ class Prediction:
     standard deviation per point (``None`` for a single model); ``domain_score`` measures how far the
     site's environment lies from the training sites (1: a typical validation site) and ``out_of_domain``
     is set when it exceeds the threshold chosen on validation data (trust the spectrum less than the
-    band says).
+    band says). ``corehole`` is FEFF's core-hole treatment the spectrum stands for (``FSR``: the dataset's;
+    ``RPA``: mapped by :mod:`xanes_utils.corehole`).
     """
 
     element: str
@@ -58,6 +59,7 @@ class Prediction:
     mu_std: np.ndarray | None = None
     domain_score: float | None = None
     out_of_domain: bool = False
+    corehole: str = "FSR"
 
     @property
     def multiplicity(self) -> int:
@@ -133,16 +135,23 @@ def model_graphs(structure: Structure, sites: Sequence[int], config: ModelConfig
 
 
 def predict(structure: Structure | str | Path, sites: Sequence[int] | None = None, model=None,
-            ) -> list[Prediction]:
+            corehole: str = "FSR", transfers: str | Path | None = None) -> list[Prediction]:
     """Predicted K-edge XANES for ``sites`` (0-based) of ``structure`` (default: every distinct
     supported site; symmetry-equivalent sites share one prediction, see :attr:`Prediction.equivalent`).
 
     ``model`` defaults to the committed ensemble trained on the embedded data (``load_model()``), which
     sets :attr:`Prediction.mu_std` and flags sites outside its domain (with a logged warning).
+    ``corehole`` ``RPA`` maps the model's spectra (FEFF's full FSR core hole, the dataset's) to the screened
+    RPA core hole with the core-hole transfers in ``transfers`` (default: the committed ones; see
+    :mod:`xanes_utils.corehole`); an ensemble's members are mapped one by one, so the band is their spread.
     """
-    from xanes_utils.ensemble import Ensemble, predict_ensemble
+    from xanes_utils.corehole import DEFAULT_TRANSFERS, load_transfers, transfer_spectra
+    from xanes_utils.ensemble import Ensemble, mean_std, predict_ensemble
+    from xanes_utils.feff import COREHOLES
     from xanes_utils.train import load_model, predict_graphs
 
+    if corehole not in COREHOLES:
+        raise ValueError(f"corehole must be one of {COREHOLES}, not {corehole!r}")
     structure, name = read_structure(structure)
     check_structure(structure, name)
     try:
@@ -150,24 +159,37 @@ def predict(structure: Structure | str | Path, sites: Sequence[int] | None = Non
     except ValueError as exc:  # spglib finds no symmetry for some degenerate cells
         raise StructureError(f"{name}: symmetry analysis failed ({exc})") from exc
     indices = resolve_sites(structure, sites, equivalent, name)
+    elements = [structure[i].specie.symbol for i in indices]
+    if corehole == "RPA":
+        transfers = transfers or DEFAULT_TRANSFERS
+        transfer = load_transfers(transfers)
+        missing = sorted(set(elements) - set(transfer))
+        if missing:
+            raise ValueError(f"{name}: {transfers} holds no core-hole transfer for {', '.join(missing)} (only for "
+                             f"{', '.join(sorted(transfer))}); predict with the FSR core hole instead")
     model = model if model is not None else load_model()
     graphs = model_graphs(structure, indices, model.config, name)
     if isinstance(model, Ensemble):
         result = predict_ensemble(model, graphs)
         mus, stds, scores, flags = result.mu, result.mu_std, result.score, result.out_of_domain
+        if corehole == "RPA":
+            mus, raw = mean_std(np.stack([transfer_spectra(transfer, m, elements) for m in result.members]))
+            stds = model.scale * raw
     else:
         mus = predict_graphs(model, graphs)
+        if corehole == "RPA":
+            mus = transfer_spectra(transfer, mus, elements)
         stds, scores, flags = [None] * len(indices), [None] * len(indices), [False] * len(indices)
     out = []
-    for i, mu, std, score, flag in zip(indices, mus, stds, scores, flags):
-        element = structure[i].specie.symbol
+    for i, element, mu, std, score, flag in zip(indices, elements, mus, stds, scores, flags):
         if not np.all(np.isfinite(mu)) or (std is not None and not np.all(np.isfinite(std))):
             raise ValueError(f"{name}: the model predicted NaN or infinite values for site {i} ({element}); "
                              "its weights are probably corrupt")
         out.append(Prediction(element=element, site=i, energy=energy_grid(element), mu=np.asarray(mu, float),
                               label=_label(structure, i), equivalent=equivalent.get(i, (i,)), source=name,
                               mu_std=None if std is None else np.asarray(std, float),
-                              domain_score=None if score is None else float(score), out_of_domain=bool(flag)))
+                              domain_score=None if score is None else float(score), out_of_domain=bool(flag),
+                              corehole=corehole))
         if flag:
             log.warning("%s: site %d (%s, %s) is out of the training domain (score %.2f > threshold %.2f): "
                         "the spectrum may be wrong by more than its band", name, i, out[-1].label, element,
@@ -208,7 +230,8 @@ def write_predictions(predictions: Sequence[Prediction], out_dir: str | Path, st
             "spectrum_csv"]
     for p in predictions:
         base = out_dir / f"{stem}_{safe_name(p.label)}_site{p.site}_{p.element}_K"
-        title = f"{stem}: {p.element} K-edge, {p.label} (site {p.site}, 0-based; multiplicity {p.multiplicity})"
+        title = (f"{stem}: {p.element} K-edge ({p.corehole} core hole), {p.label} (site {p.site}, 0-based; "
+                 f"multiplicity {p.multiplicity})")
         if p.out_of_domain:
             title += ", OUT OF TRAINING DOMAIN"
         written += _write_spectrum(base, p.energy, p.mu, p.mu_std, title + ", predicted")
