@@ -3,13 +3,16 @@ measured reference spectra of notebook 07, and how well an FSR -> RPA transfer l
 
     python benchmarks/corehole_study.py --rpa-experiment /tmp/exp_rpa      # runs the RPA FEFF first if missing
     python benchmarks/corehole_study.py --rpa-experiment DIR --pairs data/feff_runs data/feff_runs_rpa
+    python benchmarks/corehole_study.py --rpa-experiment DIR --transfers data/models/corehole_transfer.json
 
 The experiment part runs FEFF10 with ``COREHOLE RPA`` (otherwise the dataset's settings) on every distinct
 absorber site of the reference structures into ``--rpa-experiment`` (resumable; the FSR spectra are the
 committed ``data/experiment_feff``), then scores both against experiment exactly as notebook 07 does
 (min-max on the common window, leave-one-out shift per element). With ``--pairs FSR RPA`` it also reports,
 per element with paired runs, the cross-validated error of :func:`xanes_utils.corehole.fit_transfer` against
-the identity (FSR taken as RPA) and the mean difference alone.
+the identity (FSR taken as RPA) and the mean difference alone. With ``--transfers FILE`` the shipped ensemble is
+scored against experiment as trained (with the FSR FEFF's leave-one-out shifts) and mapped to RPA (with the RPA
+FEFF's), on the measured spectra of the elements the file has transfers for.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
 from xanes_utils.corehole import ALPHAS, fit_transfer, paired_spectra  # noqa: E402
-from xanes_utils.experiment import FEFF_DIR, compare, feff_averages, load_measured, reference_jobs  # noqa: E402
+from xanes_utils.experiment import (  # noqa: E402
+    FEFF_DIR, compare, feff_averages, load_measured, model_averages, reference_jobs,
+)
 from xanes_utils.feff import RPA_SETTINGS, generate  # noqa: E402
 
 
@@ -49,6 +54,34 @@ def experiment_rows(rpa_dir: str | Path, workers: int) -> str:
     return "\n".join(lines)
 
 
+def model_rows(rpa_dir: str | Path, transfers_path: str | Path) -> str:
+    """Markdown table: the shipped ensemble against experiment as it is (FSR) and mapped to RPA by the transfers,
+    for the measured spectra of elements with a transfer (each scored with its own FEFF's leave-one-out shift)."""
+    from xanes_utils.corehole import load_transfers
+    from xanes_utils.train import load_model
+
+    transfers = load_transfers(transfers_path)
+    model = {f: a.mu for f, a in model_averages(load_model()).items()}
+    fsr, rpa = feff_averages(FEFF_DIR), feff_averages(rpa_dir)
+    measured = [m for m in load_measured() if m.formula in fsr and m.formula in rpa]
+    mapped = {m.formula: transfers[m.element].apply(model[m.formula]) for m in measured if m.element in transfers}
+    if not mapped:
+        return f"No measured spectrum of an element with a transfer ({', '.join(sorted(transfers))})."
+    rows = {}
+    for name, feff, pred in (("FSR", fsr, model), ("RPA", rpa, model | mapped)):
+        # the leave-one-out shifts need every measured spectrum; only those with a transfer are reported
+        scored = compare(measured, {m.id: feff[m.formula] for m in measured}, {m.id: pred[m.formula] for m in measured},
+                         {m.element: pred[m.formula] for m in measured})
+        rows[name] = [row for row in scored if row["formula"] in mapped]
+    lines = ["| measured | compound | model as trained (FSR): MSE, r | model mapped to RPA: MSE, r |", "|---|---|---:|---:|"]
+    for f, r in zip(rows["FSR"], rows["RPA"]):
+        lines.append(f"| {f['id']} | {f['formula']} | {f['model_mse']:.4f}, {f['model_pearson']:.3f} "
+                     f"| {r['model_mse']:.4f}, {r['model_pearson']:.3f} |")
+    mse = {k: np.median([row["model_mse"] for row in v]) for k, v in rows.items()}
+    lines.append(f"| median of {len(rows['FSR'])} | | {mse['FSR']:.4f} | {mse['RPA']:.4f} |")
+    return "\n".join(lines)
+
+
 def transfer_rows(fsr_runs: str, rpa_runs: str) -> str:
     """Markdown table: per element, the cross-validated MSE of the transfer, the mean difference and the identity."""
     lines = ["| element | pairs | identity MSE | mean difference (CV) | ridge transfer (CV) | ridge strength |",
@@ -69,11 +102,16 @@ def main() -> None:
                         help="directory for the RPA FEFF10 runs of the reference structures")
     parser.add_argument("--pairs", nargs=2, default=None, metavar=("FSR", "RPA"),
                         help="run directories of paired FSR and RPA records (`python -m xanes_utils.feff rerun`)")
+    parser.add_argument("--transfers", default=None, metavar="FILE",
+                        help="with --rpa-experiment: also score the shipped ensemble against experiment as it is and "
+                             "mapped to RPA by these transfers")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     print(f"Machine: {describe()}\n")
     if args.rpa_experiment:
         print(experiment_rows(args.rpa_experiment, args.workers), "\n")
+        if args.transfers:
+            print(model_rows(args.rpa_experiment, args.transfers), "\n")
     if args.pairs:
         print(transfer_rows(*args.pairs))
 
