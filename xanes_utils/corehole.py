@@ -7,7 +7,8 @@ out, RPA spectra, :class:`CoreHoleTransfer` maps an element's FSR spectra to RPA
 regression of the difference ``rpa - fsr`` on the FSR spectrum, fitted on pairs of FEFF10 runs of the same
 sites of our own structures (``python -m xanes_utils.feff rerun --corehole RPA``), with the ridge strength
 chosen by k-fold cross-validation; strength infinity leaves only the mean difference. Transfers are stored
-checksummed (:func:`save_transfers`).
+checksummed (:func:`save_transfers`). Command line: ``python -m xanes_utils.corehole`` fits every element with
+enough pairs into :data:`DEFAULT_TRANSFERS`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, float("inf"))
 #: Format tag of the saved transfers.
 FORMAT = "xanes-corehole-transfer/1"
+#: Where the fitted transfers are kept (``python -m xanes_utils.corehole`` writes them).
+DEFAULT_TRANSFERS = Path(__file__).resolve().parent.parent / "data" / "models" / "corehole_transfer.json"
 
 
 @dataclass
@@ -126,10 +129,6 @@ def load_transfers(path: str | Path) -> dict[str, CoreHoleTransfer]:
     return {t["element"]: CoreHoleTransfer(t["element"], np.asarray(t["centre"]), np.asarray(t["weight"]),
                                            np.asarray(t["bias"]), float(t["alpha"]), int(t["n_pairs"]),
                                            float(t["cv_mse"])) for t in payload["transfers"]}
-
-
-#: Where the fitted transfers are kept (``python -m xanes_utils.corehole``).
-DEFAULT_TRANSFERS = Path(__file__).resolve().parent.parent / "data" / "models" / "corehole_transfer.json"
 
 
 def _main(argv: list[str] | None = None) -> None:
