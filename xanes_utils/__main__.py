@@ -27,8 +27,9 @@ band. --member I uses one network only (no band).
 
 core hole: the spectra are FEFF10's with the full core hole of the final-state rule (FSR), as in the
 Materials Project's database the paper trained on. --corehole RPA maps them to the RPA-screened core hole
-(Lightshow's setting, as in OmniXAS; slightly closer to measured spectra) with a per-element transfer
-fitted on our own spectra computed both ways; elements without a transfer are refused.
+(Lightshow's setting, as in OmniXAS) with a per-element transfer fitted on our own spectra computed both
+ways; elements without a transfer are refused. Against measured spectra the mapping helps Mn and hurts
+V and Cu, so FSR is the default.
 
 output per FILE: <name>_<label>_site<i>_<El>_K.csv/.png per symmetry-distinct site (i is 0-based, in
 the order pymatgen reads the file, <label> the CIF's site label), <name>_<El>_K_average.csv/.png (the
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="0-based site indices in pymatgen's order (default: every distinct site)")
     pr.add_argument("--corehole", choices=("FSR", "RPA"), default="FSR",
                     help="core hole of the returned spectra (default FSR, the training data's; RPA: mapped by "
-                         "the core-hole transfer, so far for Cu)")
+                         "the core-hole transfer; so far Cu, Mn and V)")
     pr.add_argument("--transfers", default=None, metavar="FILE",
                     help="core-hole transfer file for --corehole RPA (default: the committed one)")
     pr.add_argument("--threads", type=int, default=1, metavar="N",
