@@ -73,7 +73,8 @@ def model_rows(rpa_dir: str | Path, transfers_path: str | Path) -> str:
         scored = compare(measured, {m.id: feff[m.formula] for m in measured}, {m.id: pred[m.formula] for m in measured},
                          {m.element: pred[m.formula] for m in measured})
         rows[name] = [row for row in scored if row["formula"] in mapped]
-    lines = ["| measured | compound | model as trained (FSR): MSE, r | model mapped to RPA: MSE, r |", "|---|---|---:|---:|"]
+    lines = ["| measured | compound | model as trained (FSR): MSE, r | model mapped to RPA: MSE, r |",
+             "|---|---|---:|---:|"]
     for f, r in zip(rows["FSR"], rows["RPA"]):
         lines.append(f"| {f['id']} | {f['formula']} | {f['model_mse']:.4f}, {f['model_pearson']:.3f} "
                      f"| {r['model_mse']:.4f}, {r['model_pearson']:.3f} |")

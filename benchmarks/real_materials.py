@@ -9,7 +9,8 @@ The reference spectra are shifted once, globally, by the offset between their FE
 on a few sites (``--calibrate``; model-independent), or so that their mean matches our training mean
 (``--shift mean``). OmniXAS's spectra were computed with the RPA core hole, ours with FSR
 (:mod:`xanes_utils.corehole`): with ``--transfer FILE`` every prediction and our training mean are first mapped to
-RPA, and the default shift is the one calibrated with RPA (``--calibrate N --corehole RPA``). Reports, per model: median MSE, median Pearson r, η against
+RPA, and the default shift is the one calibrated with RPA (``--calibrate N --corehole RPA``). Reports, per model:
+median MSE, median Pearson r, η against
 the mean of our own training spectra (OmniXAS's convention) and against the real set's own mean, and the
 per-model best global shift as a diagnostic; plus the first-shell statistics of the real set. For an
 ensemble, also the coverage of its uncertainty bands and how well its domain score ranks the errors. With
@@ -125,7 +126,8 @@ def calibration_sites(spectra: list, n: int, draw: str = "random", seed: int = 0
 
 
 def calibrate_shift(chosen: list, workers: int = 2, settings: FeffSettings = DEFAULT_SETTINGS) -> None:
-    """Run our FEFF10 (``settings``, default the dataset's) on the ``chosen`` sites and print the global shift that aligns the
+    """Run our FEFF10 (``settings``, default the dataset's) on the ``chosen`` sites and print the global shift
+    that aligns the
     reference spectra with it (lowest median MSE), the agreement after it, and each site's own best shift
     (nothing is written to disk). A site whose FEFF run fails is reported and left out."""
     from concurrent.futures import ProcessPoolExecutor
@@ -152,8 +154,8 @@ def calibrate_shift(chosen: list, workers: int = 2, settings: FeffSettings = DEF
     y_ref = np.stack([r.mu for r in to_records(kept, shifts[best])])
     own = shifts[np.argmin(mse, axis=0)]
     q10, q50, q90 = np.percentile(own, [10, 50, 90])
-    print(f"FEFF10 (core hole {settings.corehole}) on {len(kept)} sites: best global shift {shifts[best]:+.1f} eV, median MSE "
-          f"{np.median(mse[best]):.4f}, median Pearson r {np.median(spectrum_pearson(y_ref, y_ours)):.3f}; "
+    print(f"FEFF10 (core hole {settings.corehole}) on {len(kept)} sites: best global shift {shifts[best]:+.1f} eV, "
+          f"median MSE {np.median(mse[best]):.4f}, median Pearson r {np.median(spectrum_pearson(y_ref, y_ours)):.3f}; "
           f"each site's own best shift: median {q50:+.1f} eV, 10-90 % {q10:+.1f} to {q90:+.1f} eV")
     for s, shift, m in zip(kept, own, mse[best]):
         shell = first_shell(Structure.from_dict(s.structure_dict), s.site)
@@ -328,7 +330,7 @@ def main() -> None:
                         help="core hole of the calibration's FEFF10 runs (the dataset's: FSR)")
     parser.add_argument("--transfer", default=None, metavar="FILE",
                         help="core-hole transfer (xanes_utils.corehole) applied to every prediction and to the "
-                             "training mean before scoring; give the --shift calibrated with that core hole")
+                             "training mean before scoring (the default shift is then the RPA-calibrated one)")
     args = parser.parse_args()
     if args.calibrate:
         chosen = calibration_sites(read_jsonl(args.data), args.calibrate, args.calibrate_draw, args.calibrate_seed)

@@ -35,7 +35,8 @@ def test_transfers_round_trip_and_detect_corruption(tmp_path):
     path = tmp_path / "transfer.json"
     save_transfers(path, [fit_transfer("Cu", fsr, rpa), fit_transfer("Ni", rpa, fsr)])
     loaded = load_transfers(path)
-    assert sorted(loaded) == ["Cu", "Ni"] and np.allclose(loaded["Cu"].apply(fsr), fit_transfer("Cu", fsr, rpa).apply(fsr))
+    assert sorted(loaded) == ["Cu", "Ni"]
+    assert np.allclose(loaded["Cu"].apply(fsr), fit_transfer("Cu", fsr, rpa).apply(fsr))
     path.write_text(path.read_text().replace("Cu", "Zn"))
     with pytest.raises(CorruptFileError, match="transfer.json"):
         load_transfers(path)
@@ -58,8 +59,10 @@ def test_command_fits_elements_with_enough_pairs(tmp_path):
     fsr, rpa = _pairs(12)
     for runs, spectra in (("fsr", fsr), ("rpa", rpa)):
         for i, y in enumerate(spectra):
-            atomic_write_json(tmp_path / runs / "Cu" / f"s{i}-0-Cu-XANES-K.json.gz", {"id": f"s{i}-0-Cu-XANES-K", "y": y.tolist()})
-        atomic_write_json(tmp_path / runs / "Ni" / "t-0-Ni-XANES-K.json.gz", {"id": "t-0-Ni-XANES-K", "y": spectra[0].tolist()})
+            name = f"s{i}-0-Cu-XANES-K"
+            atomic_write_json(tmp_path / runs / "Cu" / f"{name}.json.gz", {"id": name, "y": y.tolist()})
+        atomic_write_json(tmp_path / runs / "Ni" / "t-0-Ni-XANES-K.json.gz",
+                          {"id": "t-0-Ni-XANES-K", "y": spectra[0].tolist()})
     out = tmp_path / "transfer.json"
     _main(["--fsr", str(tmp_path / "fsr"), "--rpa", str(tmp_path / "rpa"), "--min-pairs", "10", "--out", str(out)])
     transfers = load_transfers(out)

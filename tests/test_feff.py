@@ -271,6 +271,7 @@ def test_rerun_jobs_draws_finished_records_per_element(tmp_path):
     assert sorted(j.element for j in jobs) == ["Cu", "Ni", "Ni", "Ni"]
     assert set(structures) == {j.structure_id for j in jobs}
     ni = next(j for j in jobs if j.element == "Ni")
-    assert Structure.from_dict(structures[ni.structure_id]).lattice.a == pytest.approx(4.0 + 0.1 * int(ni.structure_id[2]))
+    a = Structure.from_dict(structures[ni.structure_id]).lattice.a
+    assert a == pytest.approx(4.0 + 0.1 * int(ni.structure_id[2]))
     assert rerun_jobs(tmp_path, 3, seed=1)[0] == jobs and rerun_jobs(tmp_path, 3, seed=2)[0] != jobs
     assert [j.element for j in rerun_jobs(tmp_path, 10, elements=["Ni"])[0]] == ["Ni"] * 5

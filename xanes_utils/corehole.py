@@ -91,7 +91,8 @@ def transfer_spectra(transfers: dict[str, CoreHoleTransfer], spectra: np.ndarray
     """``spectra`` [n, 111] of absorbers ``elements`` mapped by their element's transfer."""
     missing = sorted(set(elements) - set(transfers))
     if missing:
-        raise KeyError(f"no core-hole transfer for {', '.join(missing)} (transfers exist for {', '.join(sorted(transfers))})")
+        raise KeyError(f"no core-hole transfer for {', '.join(missing)} "
+                       f"(transfers exist for {', '.join(sorted(transfers))})")
     out = np.array(spectra, float)
     elements = np.asarray(elements)
     for element in set(elements.tolist()):
