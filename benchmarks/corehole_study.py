@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -33,28 +34,36 @@ from xanes_utils.experiment import (  # noqa: E402
 from xanes_utils.feff import RPA_SETTINGS, generate  # noqa: E402
 
 
-def experiment_rows(rpa_dir: str | Path, workers: int) -> str:
+def against_experiment(feff: dict[str, dict], preds: dict[str, dict]) -> dict[str, list[dict]]:
+    """Per core hole, :func:`compare`'s rows of ``preds[hole]`` (formula -> spectrum) against every measured spectrum
+    whose compound both ``feff`` sets (formula -> site-averaged FEFF10) hold, aligned with that hole's FEFF."""
+    measured = [m for m in load_measured() if all(m.formula in f for f in feff.values())]
+    return {hole: compare(measured, {m.id: feff[hole][m.formula] for m in measured},
+                          {m.id: preds[hole][m.formula] for m in measured},
+                          {m.element: preds[hole][m.formula] for m in measured})
+            for hole in ("FSR", "RPA")}
+
+
+def side_by_side(rows: dict[str, list[dict]], columns: str, cell: Callable[[dict], str]) -> list[str]:
+    """Markdown lines: a header with the two core holes' ``columns``, then per measured spectrum its id, compound
+    and the ``cell`` of its FSR and RPA rows."""
+    return [f"| measured | compound | {columns} |", "|---|---|---:|---:|"] + [
+        f"| {f['id']} | {f['formula']} | {cell(f)} | {cell(r)} |" for f, r in zip(rows["FSR"], rows["RPA"])]
+
+
+def experiment_rows(feff: dict[str, dict]) -> str:
     """Markdown table: FSR and RPA FEFF10 against each measured spectrum, and the medians."""
-    jobs, structures = reference_jobs()
-    generate(jobs, structures, rpa_dir, workers, settings=RPA_SETTINGS)
-    fsr, rpa = feff_averages(FEFF_DIR), feff_averages(rpa_dir)
-    measured = [m for m in load_measured() if m.formula in fsr and m.formula in rpa]
-    rows = {}
-    for name, feff in (("FSR", fsr), ("RPA", rpa)):
-        by_id = {m.id: feff[m.formula] for m in measured}
-        rows[name] = compare(measured, by_id, by_id, {m.element: feff[m.formula] for m in measured})
-    lines = ["| measured | compound | FSR: MSE, Pearson r, shift (eV) | RPA: MSE, Pearson r, shift (eV) |",
-             "|---|---|---:|---:|"]
-    for f, r in zip(rows["FSR"], rows["RPA"]):
-        lines.append(f"| {f['id']} | {f['formula']} | {f['feff_mse']:.4f}, {f['feff_pearson']:.3f}, {f['shift']:+.1f} "
-                     f"| {r['feff_mse']:.4f}, {r['feff_pearson']:.3f}, {r['shift']:+.1f} |")
+    rows = against_experiment(feff, feff)
+    lines = side_by_side(rows, "FSR: MSE, Pearson r, shift (eV) | RPA: MSE, Pearson r, shift (eV)",
+                         lambda row: f"{row['feff_mse']:.4f}, {row['feff_pearson']:.3f}, {row['shift']:+.1f}")
     mse = {k: np.array([row["feff_mse"] for row in v]) for k, v in rows.items()}
-    lines.append(f"| median of {len(measured)} | | {np.median(mse['FSR']):.4f} | {np.median(mse['RPA']):.4f} |")
-    lines.append(f"\nRPA closer to experiment on {int((mse['RPA'] < mse['FSR']).sum())} of {len(measured)} spectra.")
+    n = len(rows["FSR"])
+    lines.append(f"| median of {n} | | {np.median(mse['FSR']):.4f} | {np.median(mse['RPA']):.4f} |")
+    lines.append(f"\nRPA closer to experiment on {int((mse['RPA'] < mse['FSR']).sum())} of {n} spectra.")
     return "\n".join(lines)
 
 
-def model_rows(rpa_dir: str | Path, transfers_path: str | Path) -> str:
+def model_rows(feff: dict[str, dict], transfers_path: str | Path) -> str:
     """Markdown table: the shipped ensemble against experiment as it is (FSR) and mapped to RPA by the transfers,
     for the measured spectra of elements with a transfer (each scored with its own FEFF's leave-one-out shift)."""
     from xanes_utils.corehole import load_transfers
@@ -62,22 +71,15 @@ def model_rows(rpa_dir: str | Path, transfers_path: str | Path) -> str:
 
     transfers = load_transfers(transfers_path)
     model = {f: a.mu for f, a in model_averages(load_model()).items()}
-    fsr, rpa = feff_averages(FEFF_DIR), feff_averages(rpa_dir)
-    measured = [m for m in load_measured() if m.formula in fsr and m.formula in rpa]
-    mapped = {m.formula: transfers[m.element].apply(model[m.formula]) for m in measured if m.element in transfers}
+    mapped = {m.formula: transfers[m.element].apply(model[m.formula]) for m in load_measured()
+              if m.element in transfers and m.formula in model}
     if not mapped:
         return f"No measured spectrum of an element with a transfer ({', '.join(sorted(transfers))})."
-    rows = {}
-    for name, feff, pred in (("FSR", fsr, model), ("RPA", rpa, model | mapped)):
-        # the leave-one-out shifts need every measured spectrum; only those with a transfer are reported
-        scored = compare(measured, {m.id: feff[m.formula] for m in measured}, {m.id: pred[m.formula] for m in measured},
-                         {m.element: pred[m.formula] for m in measured})
-        rows[name] = [row for row in scored if row["formula"] in mapped]
-    lines = ["| measured | compound | model as trained (FSR): MSE, r | model mapped to RPA: MSE, r |",
-             "|---|---|---:|---:|"]
-    for f, r in zip(rows["FSR"], rows["RPA"]):
-        lines.append(f"| {f['id']} | {f['formula']} | {f['model_mse']:.4f}, {f['model_pearson']:.3f} "
-                     f"| {r['model_mse']:.4f}, {r['model_pearson']:.3f} |")
+    # the leave-one-out shifts need every measured spectrum; only those with a transfer are reported
+    rows = {hole: [row for row in scored if row["formula"] in mapped]
+            for hole, scored in against_experiment(feff, {"FSR": model, "RPA": model | mapped}).items()}
+    lines = side_by_side(rows, "model as trained (FSR): MSE, r | model mapped to RPA: MSE, r",
+                         lambda row: f"{row['model_mse']:.4f}, {row['model_pearson']:.3f}")
     mse = {k: np.median([row["model_mse"] for row in v]) for k, v in rows.items()}
     lines.append(f"| median of {len(rows['FSR'])} | | {mse['FSR']:.4f} | {mse['RPA']:.4f} |")
     return "\n".join(lines)
@@ -110,9 +112,12 @@ def main() -> None:
     args = parser.parse_args()
     print(f"Machine: {describe()}\n")
     if args.rpa_experiment:
-        print(experiment_rows(args.rpa_experiment, args.workers), "\n")
+        jobs, structures = reference_jobs()
+        generate(jobs, structures, args.rpa_experiment, args.workers, settings=RPA_SETTINGS)
+        feff = {"FSR": feff_averages(FEFF_DIR), "RPA": feff_averages(args.rpa_experiment)}
+        print(experiment_rows(feff), "\n")
         if args.transfers:
-            print(model_rows(args.rpa_experiment, args.transfers), "\n")
+            print(model_rows(feff, args.transfers), "\n")
     if args.pairs:
         print(transfer_rows(*args.pairs))
 
