@@ -8,7 +8,8 @@
 A variant is ``-`` (the profile's model as it is) or comma-separated ``option=value`` overrides. Reports
 the internal test split's median MSE, flattened R², η (mean ± std over seeds) and the mean number of
 attention heads whose weights are exactly uniform; with ``--real`` also η on a real-materials set (see
-``real_materials.py``, against our training mean and the set's own mean). ``--jobs`` trains variants
+``real_materials.py``, against our training mean and the set's own mean; with ``--transfer FILE`` also with the
+predictions and our training mean mapped to the reference's RPA core hole). ``--jobs`` trains variants
 and seeds in parallel processes (one thread each); ``--save DIR`` keeps every checkpoint. ``--ensemble N``
 trains, per variant and seed, an N-member bootstrap ensemble (the recipe ``predict`` ships; seed s gives
 members the seeds ``N * s + 1`` to ``N * s + N``, so seed 0 is the shipped recipe) instead of one network;
@@ -58,10 +59,11 @@ def parse_variant(text: str, base: ModelConfig) -> ModelConfig:
 
 def run_one(profile_name: str, config: ModelConfig, seed: int, real_path: str | None,
             save: str | None, tag: str, data: str | None = None, ensemble: int = 0, epochs: int = 0,
-            member_jobs: int = 1, balanced: bool = False) -> list[float]:
+            member_jobs: int = 1, balanced: bool = False, transfer: str | None = None) -> list[float]:
     """Train one seed of one variant (an ``ensemble``-member ensemble if > 0, its members ``member_jobs`` at a
     time, resampled with family weights if ``balanced``; ``epochs`` > 0 overrides the profile's); return
-    [test MSE, R², η, uniform heads (NaN for an ensemble), real η (2), ...]."""
+    [test MSE, R², η, uniform heads (NaN for an ensemble), real η (2), real Pearson r, real η mapped to RPA
+    with the core-hole ``transfer`` file (if given)]."""
     import torch
 
     from xanes_utils.ensemble import save_ensemble, train_ensemble
@@ -103,8 +105,18 @@ def run_one(profile_name: str, config: ModelConfig, seed: int, real_path: str | 
         from real_materials import RealSet
 
         real = RealSet(real_path, baseline, n_neighbours=config.neighbours, site_embedding=config.site_embedding)
-        scores = real.score(predict_graphs(model, real.graphs))
+        pred = predict_graphs(model, real.graphs)
+        scores = real.score(pred)
         row += [scores["eta_train_mean"], scores["eta_own_mean"], scores["pearson_median"]]
+        if transfer:
+            from real_materials import RPA_SHIFT
+
+            from xanes_utils.corehole import load_transfers, transfer_spectra
+
+            transfers = load_transfers(transfer)
+            rpa = RealSet(real_path, {el: t.apply(baseline[el]) for el, t in transfers.items()}, RPA_SHIFT,
+                          n_neighbours=config.neighbours, site_embedding=config.site_embedding)
+            row.append(rpa.score(transfer_spectra(transfers, pred, rpa.elements))["eta_train_mean"])
     return row
 
 
@@ -121,6 +133,9 @@ def main() -> None:
     parser.add_argument("--ensemble", type=int, default=0, metavar="N",
                         help="train an N-member bootstrap ensemble per variant and seed (0: single networks)")
     parser.add_argument("--epochs", type=int, default=0, help="epochs per network (default: the profile's)")
+    parser.add_argument("--transfer", default=None, metavar="FILE",
+                        help="with --real: also score the real set with predictions and our training mean mapped to "
+                             "RPA by this core-hole transfer (xanes_utils.corehole)")
     parser.add_argument("--balanced", action="store_true",
                         help="ensembles: bootstrap resamples drawn with family weights (xanes_utils.sampling)")
     args = parser.parse_args()
@@ -132,7 +147,7 @@ def main() -> None:
     grid = [(seed, i, c) for seed in seeds for i, c in enumerate(configs)]
     member_jobs = args.jobs if len(grid) == 1 else 1  # one ensemble: its members train in parallel instead
     tasks = [(profile.name, c, seed, args.real, args.save, f"v{i}", args.data, args.ensemble, args.epochs, member_jobs,
-              args.balanced) for seed, i, c in grid]
+              args.balanced, args.transfer) for seed, i, c in grid]
     if len(tasks) == 1:
         done = {(tasks[0][5], tasks[0][2]): run_one(*tasks[0])}
     else:
@@ -147,6 +162,7 @@ def main() -> None:
     header = "| variant | test MSE median | flattened R² | η | uniform heads |"
     if args.real:
         header += " real η (our mean) | real η (own mean) | real Pearson r |"
+        header += " real η mapped to RPA (our mean) |" if args.transfer else ""
     print(header + "\n|---" + "|---:" * (header.count("|") - 2) + "|")
     for i, (text, config) in enumerate(zip(args.variants, configs)):
         rows = np.array(results[i * args.seeds:(i + 1) * args.seeds], float)
