@@ -107,13 +107,13 @@ def main() -> None:
     real = rpa = transfers = None
     embedded_mean: dict[str, np.ndarray] = {}
     if args.real:
-        from real_materials import FEFF_SHIFT, RPA_SHIFT, RealSet, training_mean
+        from real_materials import FEFF_SHIFT, RealSet, rpa_set, training_mean
 
         embedded_mean = training_mean(args.profile)
         real = RealSet(args.real, embedded_mean, FEFF_SHIFT)
         if args.transfer:
             transfers = load_transfers(args.transfer)
-            rpa = RealSet(args.real, {el: t.apply(embedded_mean[el]) for el, t in transfers.items()}, RPA_SHIFT)
+            rpa = rpa_set(args.real, embedded_mean, transfers)
     tasks = [(name, seed) for name in parts for seed in range(args.seeds)]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:

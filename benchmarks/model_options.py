@@ -109,13 +109,12 @@ def run_one(profile_name: str, config: ModelConfig, seed: int, real_path: str | 
         scores = real.score(pred)
         row += [scores["eta_train_mean"], scores["eta_own_mean"], scores["pearson_median"]]
         if transfer:
-            from real_materials import RPA_SHIFT
+            from real_materials import rpa_set
 
             from xanes_utils.corehole import load_transfers, transfer_spectra
 
             transfers = load_transfers(transfer)
-            rpa = RealSet(real_path, {el: t.apply(baseline[el]) for el, t in transfers.items()}, RPA_SHIFT,
-                          n_neighbours=config.neighbours, site_embedding=config.site_embedding)
+            rpa = rpa_set(real_path, baseline, transfers, config.neighbours, config.site_embedding)
             row.append(rpa.score(transfer_spectra(transfers, pred, rpa.elements))["eta_train_mean"])
     return row
 

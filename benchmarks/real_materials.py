@@ -115,6 +115,15 @@ class RealSet:
         return best
 
 
+def rpa_set(path: str | Path, train_mean: dict[str, np.ndarray], transfers: dict, n_neighbours: int = N_NEIGHBOURS,
+            site_embedding: int = 0) -> RealSet:
+    """The set at ``path`` scored as RPA spectra: at the RPA-calibrated shift, against our training mean mapped by the
+    core-hole ``transfers`` (:func:`xanes_utils.corehole.load_transfers`); map predictions with
+    :func:`xanes_utils.corehole.transfer_spectra` before scoring them."""
+    return RealSet(path, {el: t.apply(train_mean[el]) for el, t in transfers.items()}, RPA_SHIFT,
+                   n_neighbours=n_neighbours, site_embedding=site_embedding)
+
+
 def calibration_sites(spectra: list, n: int, draw: str = "random", seed: int = 0) -> list:
     """``n`` sites to calibrate on: a seeded uniform draw (``random``: as the set's chemistry is) or the
     ``smallest`` cells (fastest to run, but mostly simple compounds)."""
