@@ -18,7 +18,6 @@ mapped to the reference's RPA core hole. Core-hours: the FEFF seconds of the sub
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor

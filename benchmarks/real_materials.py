@@ -10,11 +10,10 @@ on a few sites (``--calibrate``; model-independent), or so that their mean match
 (``--shift mean``). OmniXAS's spectra were computed with the RPA core hole, ours with FSR
 (:mod:`xanes_utils.corehole`): with ``--transfer FILE`` every prediction and our training mean are first mapped to
 RPA, and the default shift is the one calibrated with RPA (``--calibrate N --corehole RPA``). Reports, per model:
-median MSE, median Pearson r, η against
-the mean of our own training spectra (OmniXAS's convention) and against the real set's own mean, and the
-per-model best global shift as a diagnostic; plus the first-shell statistics of the real set. For an
-ensemble, also the coverage of its uncertainty bands and how well its domain score ranks the errors. With
-``--by-shell``, each model's errors per first shell of the absorber (majority species and size). With
+median MSE, median Pearson r, η against the mean of our own training spectra (OmniXAS's convention) and against
+the real set's own mean, and the per-model best global shift as a diagnostic; plus the first-shell statistics of
+the real set. For an ensemble, also the coverage of its uncertainty bands and how well its domain score ranks the
+errors. With ``--by-shell``, each model's errors per first shell of the absorber (majority species and size). With
 ``--combine``, also the plain average of all the models' predictions (an ensemble of separately trained
 networks, e.g. the seeds of ``model_options.py --save``). With ``--library RUNS``, our finished FEFF10 records
 of the set's element against the set, per first shell (edge energy, bond length, mean spectra), and how
@@ -115,13 +114,18 @@ class RealSet:
         return best
 
 
+def rpa_mean(train_mean: dict[str, np.ndarray], transfers: dict) -> dict[str, np.ndarray]:
+    """Our training mean as the core-hole ``transfers`` (:func:`xanes_utils.corehole.load_transfers`) map it to RPA,
+    for the elements they cover."""
+    return {el: t.apply(train_mean[el]) for el, t in transfers.items()}
+
+
 def rpa_set(path: str | Path, train_mean: dict[str, np.ndarray], transfers: dict, n_neighbours: int = N_NEIGHBOURS,
             site_embedding: int = 0) -> RealSet:
-    """The set at ``path`` scored as RPA spectra: at the RPA-calibrated shift, against our training mean mapped by the
-    core-hole ``transfers`` (:func:`xanes_utils.corehole.load_transfers`); map predictions with
-    :func:`xanes_utils.corehole.transfer_spectra` before scoring them."""
-    return RealSet(path, {el: t.apply(train_mean[el]) for el, t in transfers.items()}, RPA_SHIFT,
-                   n_neighbours=n_neighbours, site_embedding=site_embedding)
+    """The set at ``path`` scored as RPA spectra: at the RPA-calibrated shift, against :func:`rpa_mean`; map
+    predictions with :func:`xanes_utils.corehole.transfer_spectra` before scoring them."""
+    return RealSet(path, rpa_mean(train_mean, transfers), RPA_SHIFT, n_neighbours=n_neighbours,
+                   site_embedding=site_embedding)
 
 
 def calibration_sites(spectra: list, n: int, draw: str = "random", seed: int = 0) -> list:
@@ -136,9 +140,8 @@ def calibration_sites(spectra: list, n: int, draw: str = "random", seed: int = 0
 
 def calibrate_shift(chosen: list, workers: int = 2, settings: FeffSettings = DEFAULT_SETTINGS) -> None:
     """Run our FEFF10 (``settings``, default the dataset's) on the ``chosen`` sites and print the global shift
-    that aligns the
-    reference spectra with it (lowest median MSE), the agreement after it, and each site's own best shift
-    (nothing is written to disk). A site whose FEFF run fails is reported and left out."""
+    that aligns the reference spectra with it (lowest median MSE), the agreement after it, and each site's own
+    best shift (nothing is written to disk). A site whose FEFF run fails is reported and left out."""
     from concurrent.futures import ProcessPoolExecutor
 
     from pymatgen.core import Structure
@@ -351,7 +354,7 @@ def main() -> None:
     mean = training_mean()
     transfers = load_transfers(args.transfer) if args.transfer else None
     if transfers:  # the baseline is our training mean as the transfer sees it
-        mean = {el: t.apply(mean[el]) for el, t in transfers.items()}
+        mean = rpa_mean(mean, transfers)
     sets: dict[tuple[int, int], RealSet] = {}
     bands: list[str] = []
     shells: list[str] = []
