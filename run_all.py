@@ -7,11 +7,17 @@
     python run_all.py --retrain            # recompute cached models and tables
     python run_all.py --data PATH          # your own dataset (any format xanes_utils.data.load_any reads)
     python run_all.py --only 3 04          # some notebooks, by number
+    python run_all.py --retrain --jobs 4   # independent trainings in 4 processes (default: one per core)
 
 Only the default profile on the embedded data writes the committed gallery in figures/ and the cache in
 results/default/; other profiles and --data write figures/<run>/ and results/<run>/ (not committed).
 Executed copies go to notebooks/executed/; ``--update-notebooks`` also writes them back over the
 committed notebooks (whose outputs nbval checks in CI).
+
+``--jobs N`` sets the worker processes (one torch thread each) that train the independent models of
+notebooks 02 (single-element models), 03 (the ensemble's members) and 05 (homology trainings) in
+parallel, with the same weights as training them one after the other; default: one per CPU core. It
+reaches the notebooks whose parameters cell declares ``jobs``. On a GPU every worker holds its own CUDA context: lower N if GPU memory runs short.
 """
 
 from __future__ import annotations
@@ -70,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", default=None, metavar="NN",
                         help="notebook numbers or names, e.g. 1 03 or 04_neuron_responses")
     parser.add_argument("--update-notebooks", action="store_true", help="copy executed notebooks back")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="parallel training processes (default: one per CPU core)")
     args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, not {args.jobs}")
     if args.update_notebooks and (args.profile != "default" or args.data):
         parser.error("--update-notebooks writes the committed notebooks: use it with the default profile "
                      "and the embedded data only")
@@ -98,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         out = EXECUTED / nb.name
         tqdm.write(f"running {nb.name} ...")
+        jobs = {"jobs": args.jobs} if "jobs" in pm.inspect_notebook(str(nb)) else {}
         try:
-            pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(NOTEBOOKS),
+            pm.execute_notebook(str(nb), str(out), parameters=params | jobs, cwd=str(NOTEBOOKS),
                                 progress_bar=False, kernel_name="python3", extra_arguments=KERNEL_ARGUMENTS)
         except pm.PapermillExecutionError as exc:
             print(f"\nFAILED: {nb.name}, cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"

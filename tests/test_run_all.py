@@ -39,6 +39,7 @@ def test_only_rejects_unknown_notebooks(only):
 
 
 @pytest.mark.parametrize("argv, message", [(["--only", "99"], "no notebook '99'"),
+                                           (["--jobs", "0"], "--jobs must be at least 1"),
                                            (["--data", "/nonexistent/dataset"], "/nonexistent/dataset: no such")])
 def test_bad_arguments_fail_at_once_with_exit_code_2(argv, message, capsys):
     start = time.time()
@@ -60,3 +61,15 @@ def test_every_notebook_figure_goes_to_its_runs_directory():
         calls = re.findall(r"save_figure\(([^)]*)\)", source)
         assert calls and all(c.rstrip().endswith(", FIGURES") for c in calls), nb.name
         assert "FIGURES = plotting.figures_dir(profile, data)" in source, nb.name
+
+
+def test_jobs_reach_the_notebooks_that_declare_them(monkeypatch):
+    import papermill
+
+    seen = {}
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)  # main sets it for the kernels
+    monkeypatch.setattr(papermill, "execute_notebook", lambda nb, out, parameters, **kw: seen.update(
+        {nb.split("/")[-1][:2]: parameters}))
+    assert run_all.main(["--only", "1", "2", "3", "5", "7", "--jobs", "3"]) == 0
+    assert seen["01"] == {"profile": "default", "retrain": False, "data": None}
+    assert seen["02"]["jobs"] == seen["03"]["jobs"] == seen["05"]["jobs"] == seen["07"]["jobs"] == 3

@@ -10,7 +10,7 @@ import pytest
 from xanes_utils import workflow
 from xanes_utils.model import ModelConfig, XanesGAT
 from xanes_utils.profiles import PROFILES, RESULTS_DIR, cache_dir, get_profile
-from xanes_utils.train import DEFAULT_MODEL, History, save_checkpoint
+from xanes_utils.train import DEFAULT_MODEL, History, load_checkpoint, save_checkpoint
 from xanes_utils.workflow import cached_json, model_path, to_jsonable, train_or_load
 
 
@@ -64,13 +64,13 @@ def test_cached_model_is_reused_only_for_the_same_data_and_architecture(tmp_path
 
     trained = []
 
-    def fake_train(train, val, model_config, config, progress=True):
-        trained.append(model_config)
-        return XanesGAT(model_config), History()
+    def fake_train_many(tasks, jobs=None, progress=False):
+        trained.extend(t.model_config for t in tasks)
+        return [(XanesGAT(t.model_config), History()) for t in tasks]
 
     path = tmp_path / "mixed.pt"
     monkeypatch.setattr(workflow, "model_path", lambda *args: path)
-    monkeypatch.setattr(workflow, "train", fake_train)
+    monkeypatch.setattr(workflow, "train_many", fake_train_many)
     profile = get_profile("quick")
     save_checkpoint(path, XanesGAT(ModelConfig.cpu(readout="cell")), extra={"fingerprint": "data-1"})
     model, _ = train_or_load(Prep(), profile, None, "mixed")  # same data, other architecture: retrained
@@ -80,3 +80,36 @@ def test_cached_model_is_reused_only_for_the_same_data_and_architecture(tmp_path
     Prep.fingerprint = "data-2"
     train_or_load(Prep(), profile, None, "mixed")  # other data: retrained
     assert len(trained) == 2
+
+
+def test_train_or_load_many_trains_only_the_missing_models_at_once(tmp_path, monkeypatch):
+    class Graph:
+        def __init__(self, element):
+            self.element = element
+
+    class Prep:  # what train_or_load_many reads of a Prepared
+        fingerprint = "data-1"
+
+        @staticmethod
+        def subset(name):
+            return [Graph("Fe"), Graph("Ni"), Graph("Ni")] if name == "train" else [Graph("Ni")]
+
+    calls = []
+
+    def fake_train_many(tasks, jobs=None, progress=False):
+        calls.append(([(t.name, len(t.train_graphs), len(t.val_graphs)) for t in tasks], jobs))
+        return [(XanesGAT(t.model_config), History(val_loss=[float(i)])) for i, t in enumerate(tasks)]
+
+    monkeypatch.setattr(workflow, "model_path", lambda profile, data, name: tmp_path / f"{name}.pt")
+    monkeypatch.setattr(workflow, "train_many", fake_train_many)
+    profile = get_profile("quick")
+    save_checkpoint(tmp_path / "single_Fe.pt", XanesGAT(ModelConfig.cpu()), history=History(val_loss=[9.0]),
+                    extra={"fingerprint": "data-1"})
+    wanted = {"single_Ni": ["Ni"], "single_Fe": ["Fe"], "mixed": None}
+    models = workflow.train_or_load_many(Prep(), profile, None, wanted, jobs=3)
+    assert list(models) == list(wanted) and models["single_Fe"][1].val_loss == [9.0]  # cached, not trained
+    assert calls == [([("single_Ni", 2, 1), ("mixed", 3, 1)], 3)]
+    assert load_checkpoint(tmp_path / "single_Ni.pt")["extra"]["elements"] == ["Ni"]
+    assert load_checkpoint(tmp_path / "mixed.pt")["extra"]["n_train"] == 3
+    again = workflow.train_or_load_many(Prep(), profile, None, wanted)
+    assert calls[-1] == ([], None) and again["mixed"][1].val_loss == [1.0]

@@ -24,9 +24,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import multiprocessing
-import pickle
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -40,7 +37,7 @@ from xanes_utils.dataset import DATA_DIR
 from xanes_utils.dense import DenseGraphs, GraphLoader, collate_for
 from xanes_utils.io import write_checksummed
 from xanes_utils.model import ModelConfig, XanesGAT
-from xanes_utils.train import TrainConfig, read_payload, stack_targets, train
+from xanes_utils.train import TrainConfig, TrainTask, read_payload, stack_targets, train_many
 
 log = logging.getLogger(__name__)
 
@@ -177,49 +174,26 @@ def mean_std(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------------------- training
 
-def _train_member(task: bytes) -> tuple[dict, dict]:
-    """Train one member (``task``: the pickled arguments, as plain bytes so torch does not share each
-    tensor through a file descriptor, with the graphs collated: a cached graph is a view whose pickle
-    would hold the whole cache); returns its state dict and history."""
-    train_batch, val_batch, model_config, train_config, threads = pickle.loads(task)
-    train_graphs, val_graphs = train_batch.to_data_list(), val_batch.to_data_list()
-    torch.set_num_threads(threads)
-    model, history = train(train_graphs, val_graphs, model_config, train_config, progress=False)
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, history.as_dict()
-
-
 def train_ensemble(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config: ModelConfig,
-                   train_config: TrainConfig, n_members: int = 5, jobs: int = 1, progress: bool = True,
+                   train_config: TrainConfig, n_members: int = 5, jobs: int | None = 1, progress: bool = True,
                    weights: np.ndarray | None = None) -> tuple[Ensemble, list[dict]]:
     """Train ``n_members`` members (member m: seed ``train_config.seed + 1 + m``, bootstrap resample of
     ``train_graphs`` with that seed, drawn in proportion to ``weights`` if given), then calibrate the
-    spread and fit the domain score on ``val_graphs``. ``jobs`` > 1 trains members in parallel processes
-    of one thread each. Returns the ensemble and the members' histories."""
-    from tqdm import tqdm
-
+    spread and fit the domain score on ``val_graphs``. ``jobs`` > 1 (``None``: one per core) trains
+    members in parallel processes of one thread each (:func:`xanes_utils.train.train_many`). Returns the
+    ensemble and the members' histories."""
     if n_members < 2:
         raise ValueError(f"an ensemble needs at least 2 members for a spread, not {n_members}")
     tasks = []
     for m in range(n_members):
         seed = train_config.seed + 1 + m
         pick = [train_graphs[i] for i in bootstrap(len(train_graphs), seed, weights)]
-        tasks.append(pickle.dumps((Batch.from_data_list(pick), Batch.from_data_list(list(val_graphs)), model_config,
-                                   dataclasses.replace(train_config, seed=seed),
-                                   torch.get_num_threads() if jobs == 1 else 1)))
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(tqdm(pool.map(_train_member, tasks), total=n_members, desc="ensemble",
-                                unit="member", disable=not progress))
-    else:
-        results = [_train_member(t) for t in tqdm(tasks, desc="ensemble", unit="member", disable=not progress)]
-    members = []
-    for state, _ in results:
-        member = XanesGAT(model_config)
-        member.load_state_dict(state)
-        members.append(member.eval())
-    ensemble = Ensemble(members)
+        tasks.append(TrainTask(f"ensemble member {m}", pick, val_graphs, model_config,
+                               dataclasses.replace(train_config, seed=seed)))
+    results = train_many(tasks, jobs, progress)
+    ensemble = Ensemble([model for model, _ in results])
     fit_ensemble(ensemble, train_graphs, val_graphs)
-    return ensemble, [h for _, h in results]
+    return ensemble, [history.as_dict() for _, history in results]
 
 
 def fit_ensemble(model: Ensemble, train_graphs: Sequence[Data], val_graphs: Sequence[Data]) -> None:

@@ -9,10 +9,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import multiprocessing
+import os
+import pickle
 import platform
 import random
 import time
 import zipfile
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
 from xanes_utils.dataset import DATA_DIR
 from xanes_utils.dense import DenseGraphs, GraphLoader, collate_for
@@ -205,6 +209,127 @@ def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config
     log.info("trained %d epochs in %.1f s; best validation L1 %.4f at epoch %d", len(history.val_loss),
              history.seconds[-1], history.val_loss[history.best_epoch], history.best_epoch)
     return model, history
+
+
+@dataclass
+class TrainTask:
+    """One training of :func:`train_many`: the arguments of :func:`train` and a ``name`` that errors quote."""
+
+    name: str
+    train_graphs: Sequence[Data]
+    val_graphs: Sequence[Data]
+    model_config: ModelConfig
+    config: TrainConfig = field(default_factory=TrainConfig)
+
+    def pack(self) -> bytes:
+        """The arguments as plain pickled bytes, the graphs collated: a cached graph is a view whose pickle
+        would hold the whole cache, and bytes keep torch from sharing each tensor through a file descriptor."""
+        collate = Batch.from_data_list
+        return pickle.dumps((collate(list(self.train_graphs)), collate(list(self.val_graphs)), self.model_config,
+                             self.config))
+
+
+def _train_packed(task: bytes, progress: bool = False) -> bytes:
+    """Train a :meth:`TrainTask.pack`-ed task; its best state dict (CPU) and history as pickled bytes."""
+    train_batch, val_batch, model_config, config = pickle.loads(task)
+    model, history = train(train_batch.to_data_list(), val_batch.to_data_list(), model_config, config, progress)
+    return pickle.dumps(({k: v.detach().cpu() for k, v in model.state_dict().items()}, history.as_dict()))
+
+
+def _one_thread() -> None:
+    """Initialiser of :func:`train_many`'s worker processes."""
+    torch.set_num_threads(1)
+
+
+def default_jobs(n_tasks: int) -> int:
+    """Worker processes for ``n_tasks`` independent trainings: one per CPU core this process may use, at
+    most one per task, at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, n_tasks))
+
+
+def _failure(tasks: Sequence[TrainTask], i: int, exc: BaseException) -> RuntimeError:
+    """The error that names the failed training ``tasks[i]``."""
+    return RuntimeError(f"training {tasks[i].name!r} ({i + 1} of {len(tasks)}) failed: {type(exc).__name__}: {exc}")
+
+
+def _train_in_pool(tasks: Sequence[TrainTask], jobs: int, progress: bool) -> list[bytes]:
+    """:func:`_train_packed` results of ``tasks`` in input order, from ``jobs`` spawned (CUDA-safe) worker
+    processes of one torch thread each, packing a task only when a worker is free. The first failure (or
+    an interrupt) terminates the workers and raises, naming the failed task."""
+    from tqdm import tqdm
+
+    results = [b""] * len(tasks)
+    todo = iter(range(len(tasks)))
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
+    running: dict[Future, int] = {}
+
+    def submit() -> None:
+        i = next(todo, None)
+        if i is not None:
+            try:
+                task = tasks[i].pack()
+            except Exception as exc:
+                raise _failure(tasks, i, exc) from exc
+            running[pool.submit(_train_packed, task)] = i
+
+    try:
+        with tqdm(total=len(tasks), desc="training", unit="model", disable=not progress) as bar:
+            for _ in range(jobs):
+                submit()
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    i = running.pop(future)
+                    try:
+                        results[i] = future.result()
+                    except Exception as exc:  # the worker's error, or a broken pool (a worker killed)
+                        raise _failure(tasks, i, exc) from exc
+                    bar.update()
+                    submit()
+    except BaseException:
+        workers = list((pool._processes or {}).values())  # no public accessor before Python 3.14
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def train_many(tasks: Sequence[TrainTask], jobs: int | None = None, progress: bool = False
+               ) -> list[tuple[XanesGAT, History]]:
+    """Train independent ``tasks`` with :func:`train`; return their models (CPU, eval mode) and histories
+    in input order.
+
+    ``jobs`` worker processes (``None``: :func:`default_jobs`) train them in parallel, one torch thread
+    each, which gives bit-identical weights to a serial run at one thread (the CPU profiles' setting);
+    with ``jobs=1`` (or one task) they train one after the other in this process, at its thread count.
+    A failed training raises ``RuntimeError`` naming it (its cause: the original error) and stops the
+    others. ``progress``: a bar of finished trainings (serial: of each training's epochs).
+    """
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"jobs must be at least 1, not {jobs}")
+    workers = min(default_jobs(len(tasks)) if jobs is None else jobs, len(tasks))
+    if workers > 1:
+        results = _train_in_pool(tasks, workers, progress)
+    else:
+        results = []
+        for i, task in enumerate(tasks):
+            try:
+                results.append(_train_packed(task.pack(), progress))
+            except Exception as exc:
+                raise _failure(tasks, i, exc) from exc
+    out = []
+    for task, result in zip(tasks, results):
+        state, history = pickle.loads(result)
+        model = XanesGAT(task.model_config)
+        model.load_state_dict(state)
+        out.append((model.eval(), History(**history)))
+    if tasks:
+        log.info("trained %d models, %d at a time", len(tasks), workers)
+    return out
 
 
 def _versions() -> dict[str, str]:

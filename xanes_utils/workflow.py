@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 from torch_geometric.data import Data
@@ -23,8 +23,8 @@ from xanes_utils.model import ModelConfig, XanesGAT
 from xanes_utils.profiles import Profile, cache_dir
 from xanes_utils.site_embeddings import SITE_EMBEDDING_DIM, attach_site_embeddings, cache_file_name
 from xanes_utils.train import (
-    DEFAULT_MODEL, History, TrainConfig, load_checkpoint, model_from_checkpoint, save_checkpoint, split_indices,
-    train,
+    DEFAULT_MODEL, History, TrainConfig, TrainTask, load_checkpoint, model_from_checkpoint, save_checkpoint,
+    split_indices, train_many,
 )
 
 if TYPE_CHECKING:
@@ -111,24 +111,42 @@ def train_or_load(prep: Prepared, profile: Profile, data: str | Path | None, nam
                   elements: Sequence[str] | None = None, epochs: int | None = None, retrain: bool = False,
                   progress: bool = True) -> tuple[XanesGAT, History]:
     """Train on the training split restricted to ``elements`` (all: mixed), or load the cached checkpoint."""
-    path = model_path(profile, data, name)
+    return train_or_load_many(prep, profile, data, {name: elements}, epochs, retrain, 1, progress)[name]
+
+
+def train_or_load_many(prep: Prepared, profile: Profile, data: str | Path | None,
+                       models: Mapping[str, Sequence[str] | None], epochs: int | None = None,
+                       retrain: bool = False, jobs: int | None = None, progress: bool = True
+                       ) -> dict[str, tuple[XanesGAT, History]]:
+    """:func:`train_or_load` for several models ``{name: elements}``: load the cached ones, train the
+    others in ``jobs`` parallel processes (:func:`xanes_utils.train.train_many`; ``None``: one per core) and
+    cache them. Returns ``{name: (model, history)}`` in the order of ``models``."""
     model_config = getattr(ModelConfig, profile.model)()
-    if path.exists() and not retrain:
-        payload = load_checkpoint(path)
-        if (payload["extra"].get("fingerprint") == prep.fingerprint
-                and ModelConfig.from_dict(payload["model_config"]) == model_config):
-            return model_from_checkpoint(payload, name=str(path)), History(**payload["history"])
-        log.info("%s was trained on other data, another split or another architecture: retraining", path)
-    keep = set(elements) if elements is not None else None
-    pick = [g for g in prep.subset("train") if keep is None or g.element in keep]
-    val = [g for g in prep.subset("val") if keep is None or g.element in keep]
     config = TrainConfig(epochs=epochs or profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
                          seed=profile.seed)
-    model, history = train(pick, val, model_config, config, progress=progress)
-    save_checkpoint(path, model, config, history=history,
-                    extra={"elements": list(elements) if elements else "all", "profile": profile.name,
-                           "n_train": len(pick), "n_val": len(val), "fingerprint": prep.fingerprint})
-    return model, history
+    out: dict[str, tuple[XanesGAT, History]] = {}
+    tasks: list[TrainTask] = []
+    for name, elements in models.items():
+        path = model_path(profile, data, name)
+        if path.exists() and not retrain:
+            payload = load_checkpoint(path)
+            if (payload["extra"].get("fingerprint") == prep.fingerprint
+                    and ModelConfig.from_dict(payload["model_config"]) == model_config):
+                out[name] = model_from_checkpoint(payload, name=str(path)), History(**payload["history"])
+                continue
+            log.info("%s was trained on other data, another split or another architecture: retraining", path)
+        keep = set(elements) if elements is not None else None
+        pick = [g for g in prep.subset("train") if keep is None or g.element in keep]
+        val = [g for g in prep.subset("val") if keep is None or g.element in keep]
+        tasks.append(TrainTask(name, pick, val, model_config, config))
+    for task, (model, history) in zip(tasks, train_many(tasks, jobs, progress)):
+        elements = models[task.name]
+        save_checkpoint(model_path(profile, data, task.name), model, config, history=history,
+                        extra={"elements": list(elements) if elements else "all", "profile": profile.name,
+                               "n_train": len(task.train_graphs), "n_val": len(task.val_graphs),
+                               "fingerprint": prep.fingerprint})
+        out[task.name] = model, history
+    return {name: out[name] for name in models}
 
 
 def ensemble_path(profile: Profile, data: str | Path | None) -> Path:
@@ -141,7 +159,8 @@ def ensemble_path(profile: Profile, data: str | Path | None) -> Path:
 
 
 def ensemble_or_load(prep: Prepared, profile: Profile, data: str | Path | None, n_members: int = 5,
-                     retrain: bool = False, jobs: int = 1, progress: bool = True) -> tuple[Ensemble, dict]:
+                     retrain: bool = False, jobs: int | None = None, progress: bool = True
+                     ) -> tuple[Ensemble, dict]:
     """Train (members on bootstrap resamples of the training split, calibrated on the validation split)
     or load the cached ensemble of the profile's model (reading the profile's site embeddings, which are
     attached to ``prep``'s graphs); returns it and its file's ``extra`` dict (member histories' best epochs

@@ -34,13 +34,27 @@ def _relative_change(value: float, reference: float) -> float:
     return (value - reference) / reference
 
 
-def homology_matrix(train_fn: Callable[[list[str]], Any], evaluate_fn: Callable[[Any], Mapping[str, float]],
-                    elements: Sequence[str], protocol: str = "leave_one_out") -> pd.DataFrame:
+def _training_sets(elements: list[str], protocol: str) -> dict[str, list[str]]:
+    """The training sets of a :func:`homology_matrix` protocol by label ("all", "-B"; "A", "A+B"), in the
+    order it trains them."""
+    if protocol == "leave_one_out":
+        return {"all": list(elements)} | {f"-{b}": [e for e in elements if e != b] for b in elements}
+    if protocol == "add_one":
+        pairs = {f"{a}+{b}": [a, b] for i, a in enumerate(elements) for b in elements[i + 1:]}
+        return {a: [a] for a in elements} | pairs
+    raise ValueError(f"protocol must be 'leave_one_out' or 'add_one', not {protocol!r}")
+
+
+def homology_matrix(train_fn: Callable[[list[str]], Any] | Callable[[list[list[str]]], list[Any]],
+                    evaluate_fn: Callable[[Any], Mapping[str, float]], elements: Sequence[str],
+                    protocol: str = "leave_one_out", batch: bool = False) -> pd.DataFrame:
     """How much each element's training samples help each other element: H[A, B] (rows A, columns B).
 
     ``train_fn(elements_subset) -> model`` trains on the samples of those absorbers only;
     ``evaluate_fn(model) -> {element: test error}`` evaluates on every element's fixed test set
-    (the caller decides budget, split and metric; lower error is better).
+    (the caller decides budget, split and metric; lower error is better). With ``batch``,
+    ``train_fn(subsets) -> models`` is called once with every training set (in the order below), so that
+    it can train them in parallel (e.g. :func:`xanes_utils.train.train_many`).
 
     ``protocol="leave_one_out"`` (1 + n trainings): a baseline mixed model on all ``elements``,
     then one model without each element B. H[A, B] = (err_A(without B) - err_A(all)) / err_A(all):
@@ -54,36 +68,34 @@ def homology_matrix(train_fn: Callable[[list[str]], Any], evaluate_fn: Callable[
     elements = list(elements)
     if len(set(elements)) != len(elements):
         raise ValueError("elements must be distinct")
-    h = pd.DataFrame(np.nan, index=pd.Index(elements, name="A"), columns=pd.Index(elements, name="B"))
+    sets = _training_sets(elements, protocol)
+    trained: list[Any] = []
+    if batch:
+        log.info("homology: training on %d sets at once", len(sets))
+        trained = list(train_fn(list(sets.values())))
+        if len(trained) != len(sets):
+            raise ValueError(f"train_fn gave {len(trained)} models for {len(sets)} training sets")
     errors: dict[str, dict[str, float]] = {}
+    for i, (label, subset) in enumerate(sets.items()):
+        if batch:
+            model = trained[i]
+        else:
+            log.info("homology: training on %s", label)
+            model = train_fn(subset)
+        errors[label] = _error_dict(evaluate_fn(model), elements if protocol == "leave_one_out" else subset, label)
+    h = pd.DataFrame(np.nan, index=pd.Index(elements, name="A"), columns=pd.Index(elements, name="B"))
     if protocol == "leave_one_out":
-        log.info("homology: training the baseline on %d elements", len(elements))
-        base = _error_dict(evaluate_fn(train_fn(list(elements))), elements, "baseline")
-        errors["all"] = base
+        baseline = errors["all"]
         for b in elements:
-            subset = [e for e in elements if e != b]
-            log.info("homology: training without %s", b)
-            err = _error_dict(evaluate_fn(train_fn(subset)), elements, f"without {b}")
-            errors[f"-{b}"] = err
-            for a in subset:
-                h.at[a, b] = _relative_change(err[a], base[a])
-        baseline = base
-    elif protocol == "add_one":
-        baseline = {}
-        for a in elements:
-            log.info("homology: training on %s alone", a)
-            err = _error_dict(evaluate_fn(train_fn([a])), [a], f"{a} alone")
-            errors[a] = err
-            baseline[a] = err[a]
+            for a in elements:
+                if a != b:
+                    h.at[a, b] = _relative_change(errors[f"-{b}"][a], baseline[a])
+    else:
+        baseline = {a: errors[a][a] for a in elements}
         for i, a in enumerate(elements):
             for b in elements[i + 1:]:
-                log.info("homology: training on %s + %s", a, b)
-                err = _error_dict(evaluate_fn(train_fn([a, b])), [a, b], f"{a}+{b}")
-                errors[f"{a}+{b}"] = err
-                h.at[a, b] = -_relative_change(err[a], baseline[a])
-                h.at[b, a] = -_relative_change(err[b], baseline[b])
-    else:
-        raise ValueError(f"protocol must be 'leave_one_out' or 'add_one', not {protocol!r}")
+                h.at[a, b] = -_relative_change(errors[f"{a}+{b}"][a], baseline[a])
+                h.at[b, a] = -_relative_change(errors[f"{a}+{b}"][b], baseline[b])
     h.attrs["protocol"] = protocol
     h.attrs["baseline"] = baseline
     h.attrs["errors"] = errors
