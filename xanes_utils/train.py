@@ -229,10 +229,11 @@ class TrainTask:
                              self.config))
 
 
-def _train_packed(task: bytes, progress: bool = False) -> bytes:
-    """Train a :meth:`TrainTask.pack`-ed task; its best state dict (CPU) and history as pickled bytes."""
+def _train_packed(task: bytes) -> bytes:
+    """Train a :meth:`TrainTask.pack`-ed task (in a worker); its best state dict (CPU) and history as pickled
+    bytes."""
     train_batch, val_batch, model_config, config = pickle.loads(task)
-    model, history = train(train_batch.to_data_list(), val_batch.to_data_list(), model_config, config, progress)
+    model, history = train(train_batch.to_data_list(), val_batch.to_data_list(), model_config, config, progress=False)
     return pickle.dumps(({k: v.detach().cpu() for k, v in model.state_dict().items()}, history.as_dict()))
 
 
@@ -312,21 +313,20 @@ def train_many(tasks: Sequence[TrainTask], jobs: int | None = None, progress: bo
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
     workers = min(default_jobs(len(tasks)) if jobs is None else jobs, len(tasks))
+    out = []
     if workers > 1:
-        results = _train_in_pool(tasks, workers, progress)
-    else:
-        results = []
+        for task, result in zip(tasks, _train_in_pool(tasks, workers, progress)):
+            state, history = pickle.loads(result)
+            model = XanesGAT(task.model_config)
+            model.load_state_dict(state)
+            out.append((model.eval(), History(**history)))
+    else:  # in this process: no packing, the graphs go to train() as they are
         for i, task in enumerate(tasks):
             try:
-                results.append(_train_packed(task.pack(), progress))
+                model, history = train(task.train_graphs, task.val_graphs, task.model_config, task.config, progress)
             except Exception as exc:
                 raise _failure(tasks, i, exc) from exc
-    out = []
-    for task, result in zip(tasks, results):
-        state, history = pickle.loads(result)
-        model = XanesGAT(task.model_config)
-        model.load_state_dict(state)
-        out.append((model.eval(), History(**history)))
+            out.append((model.cpu().eval(), history))
     if tasks:
         log.info("trained %d models, %d at a time", len(tasks), workers)
     return out
