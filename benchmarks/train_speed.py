@@ -17,7 +17,7 @@ per CPU second (median).
 With ``--compile`` a third row runs our model through ``torch.compile(dynamic=True)`` (its compilation
 happens in the untimed warm-up; its FLOPs are ours).
 
-    python benchmarks/train_speed.py [--n 640] [--repeats 5] [--threads 1] [--profile] [--compile]
+    python benchmarks/train_speed.py [--n 640] [--data FILE] [--repeats 5] [--threads 1] [--profile] [--compile]
 """
 
 from __future__ import annotations
@@ -54,9 +54,11 @@ log = logging.getLogger("train_speed")
 SIDES = ("theirs", "ours", "ours, compiled")
 
 
-def load_sites(n: int, seed: int = 0) -> list[tuple[Structure, int, np.ndarray]]:
-    """``n`` (structure, site, target): embedded records first, then random plan sites (target zeros)."""
-    sites = [(r.structure, r.site, r.mu) for r in load_dataset()[:n]] if DEFAULT_DATASET.exists() else []
+def load_sites(n: int, seed: int = 0, data: str | None = None) -> list[tuple[Structure, int, np.ndarray]]:
+    """``n`` (structure, site, target): the first records of ``data`` (a packed dataset; None: the embedded one),
+    then random plan sites (target zeros)."""
+    path = Path(data) if data else DEFAULT_DATASET
+    sites = [(r.structure, r.site, r.mu) for r in load_dataset(path)[:n]] if path.exists() else []
     if len(sites) < n:
         plan = read_json(DATA_DIR / "plan.json.gz")
         for i in np.random.default_rng(seed).permutation(len(plan["jobs"]))[:n - len(sites)]:
@@ -151,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print markdown tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=640, help="number of records (default 640)")
+    parser.add_argument("--data", help="packed dataset whose first --n records are timed (default: the embedded "
+                        "one; the numbers before 2026-11-29 used the 1,620-record file of commit 92cacf9)")
     parser.add_argument("--batch-size", type=int, default=160)
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed repetitions (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
-    sites = load_sites(args.n)
+    sites = load_sites(args.n, data=args.data)
     sides = build_sides(sites, args.batch_size, args.compile)
     flops = {name: (flops_per_graph(side.train_epoch), flops_per_graph(side.predict))
              for name, side in sides.items() if name != "ours, compiled"}
@@ -178,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nMachine: {describe()}; torch threads {args.threads}; load average (1, 5, 15 min) "
           f"{', '.join(f'{x:.2f}' for x in load_before)} before the timed runs, "
           f"{', '.join(f'{x:.2f}' for x in load_after)} after")
-    print(f"Paper dims ({sides['ours'].model.n_parameters:,} parameters each), {len(sites)} records, "
+    print(f"Paper dims ({sides['ours'].model.n_parameters:,} parameters each), {len(sites)} records of "
+          f"{args.data or DEFAULT_DATASET.name} ({np.mean([len(s[0]) for s in sites]):.1f} atoms per cell), "
           f"training batch {args.batch_size}, prediction batch 512, {args.repeats} interleaved repetitions\n")
     print("| model | task | graphs/s best | graphs/s median | graphs per CPU-s best | graphs per CPU-s median | "
           "MFLOP per graph | GFLOP/s (CPU, median) |")
