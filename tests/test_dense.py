@@ -56,6 +56,19 @@ def test_identical_neighbours_share_a_counted_slot():
     assert slots.graph.tolist() == [0, 0, 0, 1] and slots.count.sum() == 24
 
 
+def test_neighbours_equal_up_to_noise_share_a_slot():
+    """Distances are rounded to DISTANCE_STEP: a square whose O sit 2e-6 A apart in distance (as after a
+    relaxation that broke the symmetry by noise) gives the ideal square's one slot; 0.01 A apart, two."""
+    def square(noise: float) -> Structure:
+        coords = [[15, 15, 15], [17 + noise, 15, 15], [13, 15, 15], [15, 17, 15], [15, 13 - noise, 15]]
+        return Structure(Lattice.cubic(30.0), ["Ni", "O", "O", "O", "O"], coords, coords_are_cartesian=True)
+
+    dense = DenseGraphs.from_graphs([build_graph(square(0.0), 0), build_graph(square(2e-6), 0),
+                                     build_graph(square(0.01), 0)], 20)
+    assert [int((row > 0).sum()) for row in dense.slot_count] == [1, 1, 2]
+    assert torch.equal(dense.slot_inputs[0], dense.slot_inputs[1])
+
+
 def test_angular_inputs_and_wrong_sizes():
     graph = build_graph(rocksalt("Co", 4.26), 0)
     dense = DenseGraphs.from_graphs([graph], 20, angular=True)
