@@ -57,8 +57,8 @@ SIDES = ("theirs", "ours", "ours, compiled")
 def load_sites(n: int, seed: int = 0, data: str | None = None) -> list[tuple[Structure, int, np.ndarray]]:
     """``n`` (structure, site, target): the first records of ``data`` (a packed dataset; None: the embedded one),
     then random plan sites (target zeros)."""
-    path = Path(data) if data else DEFAULT_DATASET
-    sites = [(r.structure, r.site, r.mu) for r in load_dataset(path)[:n]] if path.exists() else []
+    use = data is not None or DEFAULT_DATASET.exists()  # a --data file that is missing is an error, not plan sites
+    sites = [(r.structure, r.site, r.mu) for r in load_dataset(data)[:n]] if use else []
     if len(sites) < n:
         plan = read_json(DATA_DIR / "plan.json.gz")
         for i in np.random.default_rng(seed).permutation(len(plan["jobs"]))[:n - len(sites)]:
