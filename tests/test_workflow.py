@@ -97,7 +97,7 @@ def test_train_or_load_many_trains_only_the_missing_models_at_once(tmp_path, mon
     calls = []
 
     def fake_train_many(tasks, jobs=None, progress=False):
-        calls.append(([(t.name, len(t.train_graphs), len(t.val_graphs)) for t in tasks], jobs))
+        calls.append(([(t.name, len(t.train_graphs), len(t.val_graphs), t.config.epochs) for t in tasks], jobs))
         return [(XanesGAT(t.model_config), History(val_loss=[float(i)])) for i, t in enumerate(tasks)]
 
     monkeypatch.setattr(workflow, "model_path", lambda profile, data, name: tmp_path / f"{name}.pt")
@@ -106,10 +106,25 @@ def test_train_or_load_many_trains_only_the_missing_models_at_once(tmp_path, mon
     save_checkpoint(tmp_path / "single_Fe.pt", XanesGAT(ModelConfig.cpu()), history=History(val_loss=[9.0]),
                     extra={"fingerprint": "data-1"})
     wanted = {"single_Ni": ["Ni"], "single_Fe": ["Fe"], "mixed": None}
-    models = workflow.train_or_load_many(Prep(), profile, None, wanted, jobs=3)
+    assert not workflow.is_cached(Prep(), profile, None, "mixed")
+    models = workflow.train_or_load_many(Prep(), profile, None, wanted, epochs={"single_Ni": 7}, jobs=3)
     assert list(models) == list(wanted) and models["single_Fe"][1].val_loss == [9.0]  # cached, not trained
-    assert calls == [([("single_Ni", 2, 1), ("mixed", 3, 1)], 3)]
+    assert calls == [([("single_Ni", 2, 1, 7), ("mixed", 3, 1, profile.epochs)], 3)]  # epochs per name or profile's
     assert load_checkpoint(tmp_path / "single_Ni.pt")["extra"]["elements"] == ["Ni"]
+    assert load_checkpoint(tmp_path / "single_Ni.pt")["train_config"]["epochs"] == 7
     assert load_checkpoint(tmp_path / "mixed.pt")["extra"]["n_train"] == 3
+    assert workflow.is_cached(Prep(), profile, None, "mixed")
     again = workflow.train_or_load_many(Prep(), profile, None, wanted)
     assert calls[-1] == ([], None) and again["mixed"][1].val_loss == [1.0]
+    Prep.fingerprint = "data-2"  # other data: nothing is cached
+    assert not workflow.is_cached(Prep(), profile, None, "mixed")
+
+
+def test_trainable_elements_need_train_validation_and_test_spectra():
+    class Graph:
+        def __init__(self, element):
+            self.element = element
+
+    graphs = [Graph(el) for el in ["Fe", "Fe", "Fe", "Fe", "Ni", "Ni", "Ni", "Cu", "Cu", "Cu", "Cu"]]
+    prep = workflow.Prepared(records=[], graphs=graphs, train=[0, 1, 4, 7, 8], val=[2, 5, 9], test=[3, 6, 10])
+    assert workflow.trainable_elements(prep) == ["Fe", "Cu"]  # Ni has one training spectrum

@@ -27,7 +27,9 @@ from torch_geometric.loader import DataLoader
 
 from xanes_utils.graphs import MAX_Z
 
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # used in Slots
+# Slots builds CSR matrices from row pointers it made itself (check_invariants=False): torch's notes are noise
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # torch >= 2.11
 
 if TYPE_CHECKING:
     from xanes_utils.model import ModelConfig

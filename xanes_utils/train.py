@@ -186,16 +186,16 @@ def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config
     bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in bar:
         model.train()
-        total, count = 0.0, 0
+        total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # on the device: no sync per step
         for batch in loader:
             batch = batch.to(device)
             optimiser.zero_grad(set_to_none=True)
             loss = torch.nn.functional.l1_loss(forward(batch), batch.y)
             loss.backward()
             optimiser.step()
-            total, count = total + loss.item() * batch.num_graphs, count + batch.num_graphs
+            total, count = total + loss.detach().double() * batch.num_graphs, count + batch.num_graphs
         val, per_element = _l1_by_element(model, val_graphs, 4 * config.batch_size, val_inputs)
-        history.train_loss.append(total / count)
+        history.train_loss.append(total.item() / count)
         history.val_loss.append(val)
         for el, v in per_element.items():
             history.val_by_element.setdefault(el, []).append(v)
@@ -203,7 +203,7 @@ def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config
         if best is None or val < history.val_loss[history.best_epoch]:
             history.best_epoch = epoch
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        bar.set_postfix(train=f"{total / count:.4f}", val=f"{val:.4f}")
+        bar.set_postfix(train=f"{history.train_loss[-1]:.4f}", val=f"{val:.4f}")
     model.load_state_dict(best)
     model.eval()
     log.info("trained %d epochs in %.1f s; best validation L1 %.4f at epoch %d", len(history.val_loss),

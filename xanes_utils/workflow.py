@@ -17,6 +17,7 @@ import numpy as np
 from torch_geometric.data import Data
 
 from xanes_utils.dataset import Record, load_dataset
+from xanes_utils.elements import ELEMENTS
 from xanes_utils.graphs import N_NEIGHBOURS
 from xanes_utils.io import CorruptFileError, read_checksummed_json, write_checksummed_json
 from xanes_utils.model import ModelConfig, XanesGAT
@@ -114,34 +115,66 @@ def train_or_load(prep: Prepared, profile: Profile, data: str | Path | None, nam
     return train_or_load_many(prep, profile, data, {name: elements}, epochs, retrain, 1, progress)[name]
 
 
+def _cached_checkpoint(prep: Prepared, profile: Profile, data: str | Path | None, name: str) -> dict | None:
+    """The checkpoint payload of model ``name`` if it exists and was trained on ``prep``'s data and split
+    with the profile's architecture, else None."""
+    path = model_path(profile, data, name)
+    if not path.exists():
+        return None
+    payload = load_checkpoint(path)
+    if (payload["extra"].get("fingerprint") == prep.fingerprint
+            and ModelConfig.from_dict(payload["model_config"]) == getattr(ModelConfig, profile.model)()):
+        return payload
+    log.info("%s was trained on other data, another split or another architecture: retraining", path)
+    return None
+
+
+def is_cached(prep: Prepared, profile: Profile, data: str | Path | None, name: str) -> bool:
+    """Whether :func:`train_or_load` would load model ``name`` rather than train it (without ``retrain``)."""
+    return _cached_checkpoint(prep, profile, data, name) is not None
+
+
+def trainable_elements(prep: Prepared) -> list[str]:
+    """Elements with a single-element model to train: at least 2 training, 1 validation and 1 test
+    spectrum (the others are logged as skipped)."""
+    out = []
+    for el in ELEMENTS:
+        n = [sum(prep.graphs[i].element == el for i in part) for part in (prep.train, prep.val, prep.test)]
+        if n[0] < 2 or n[1] < 1 or n[2] < 1:
+            log.info("%s: no single-element model (%d train, %d validation, %d test spectra)", el, *n)
+        else:
+            out.append(el)
+    return out
+
+
 def train_or_load_many(prep: Prepared, profile: Profile, data: str | Path | None,
-                       models: Mapping[str, Sequence[str] | None], epochs: int | None = None,
+                       models: Mapping[str, Sequence[str] | None], epochs: int | Mapping[str, int] | None = None,
                        retrain: bool = False, jobs: int | None = None, progress: bool = True
                        ) -> dict[str, tuple[XanesGAT, History]]:
     """:func:`train_or_load` for several models ``{name: elements}``: load the cached ones, train the
-    others in ``jobs`` parallel processes (:func:`xanes_utils.train.train_many`; ``None``: one per core) and
-    cache them. Returns ``{name: (model, history)}`` in the order of ``models``."""
+    others in ``jobs`` parallel processes (:func:`xanes_utils.train.train_many`, in the order given: put
+    the longest first; ``None``: one per core) and cache them. ``epochs``: one number for all, or one per
+    name (the profile's ``epochs`` where missing). Returns ``{name: (model, history)}`` in the order of
+    ``models``."""
     model_config = getattr(ModelConfig, profile.model)()
-    config = TrainConfig(epochs=epochs or profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
-                         seed=profile.seed)
     out: dict[str, tuple[XanesGAT, History]] = {}
     tasks: list[TrainTask] = []
     for name, elements in models.items():
-        path = model_path(profile, data, name)
-        if path.exists() and not retrain:
-            payload = load_checkpoint(path)
-            if (payload["extra"].get("fingerprint") == prep.fingerprint
-                    and ModelConfig.from_dict(payload["model_config"]) == model_config):
-                out[name] = model_from_checkpoint(payload, name=str(path)), History(**payload["history"])
-                continue
-            log.info("%s was trained on other data, another split or another architecture: retraining", path)
+        payload = None if retrain else _cached_checkpoint(prep, profile, data, name)
+        if payload is not None:
+            out[name] = (model_from_checkpoint(payload, name=str(model_path(profile, data, name))),
+                         History(**payload["history"]))
+            continue
+        n_epochs = epochs.get(name) if isinstance(epochs, Mapping) else epochs
+        config = TrainConfig(epochs=n_epochs or profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
+                             seed=profile.seed)
         keep = set(elements) if elements is not None else None
         pick = [g for g in prep.subset("train") if keep is None or g.element in keep]
         val = [g for g in prep.subset("val") if keep is None or g.element in keep]
         tasks.append(TrainTask(name, pick, val, model_config, config))
     for task, (model, history) in zip(tasks, train_many(tasks, jobs, progress)):
         elements = models[task.name]
-        save_checkpoint(model_path(profile, data, task.name), model, config, history=history,
+        save_checkpoint(model_path(profile, data, task.name), model, task.config, history=history,
                         extra={"elements": list(elements) if elements else "all", "profile": profile.name,
                                "n_train": len(task.train_graphs), "n_val": len(task.val_graphs),
                                "fingerprint": prep.fingerprint})
