@@ -269,6 +269,38 @@ def test_training_with_compile_falls_back_to_eager_when_compilation_fails(batch,
     assert "torch.compile failed (RuntimeError: no compiler here)" in caplog.text
 
 
+def test_compiled_prediction_equals_eager(batch):
+    """predict_graphs(compile=True) runs the model through torch.compile: the same spectra as eager mode."""
+    from xanes_utils.train import predict_graphs
+
+    torch.manual_seed(3)
+    model = XanesGAT(TINY).eval()
+    graphs = batch.to_data_list()
+    eager = predict_graphs(model, graphs, batch_size=5)
+    np.testing.assert_allclose(predict_graphs(model, graphs, batch_size=5, compile=True), eager, atol=1e-5, rtol=1e-4)
+
+
+def test_compiled_ensemble_prediction_falls_back_to_eager(batch, monkeypatch, caplog):
+    """A compiler failure in predict_ensemble(compile=True) is logged and prediction goes on in eager mode, with
+    the same spectra, spread and domain scores."""
+    from xanes_utils.ensemble import Ensemble, predict_ensemble
+
+    torch.manual_seed(4)
+    ensemble = Ensemble([XanesGAT(TINY), XanesGAT(TINY)]).eval()
+    graphs = batch.to_data_list()
+    eager = predict_ensemble(ensemble, graphs)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: failing)
+    with caplog.at_level("WARNING", logger="xanes_utils.train"):
+        fallback = predict_ensemble(ensemble, graphs, compile=True)
+    assert "torch.compile failed (RuntimeError: no compiler here); running in eager mode" in caplog.text
+    np.testing.assert_array_equal(fallback.mu, eager.mu)
+    np.testing.assert_array_equal(fallback.mu_std, eager.mu_std)
+
+
 def test_eval_in_chunks_equals_one_pass(batch, monkeypatch):
     """In eval mode the fast path computes large batches in chunks of graphs: same outputs and internals."""
     import xanes_utils.model as model_module

@@ -37,7 +37,7 @@ from xanes_utils.dataset import DATA_DIR
 from xanes_utils.dense import DenseGraphs, GraphLoader, collate_for
 from xanes_utils.io import write_checksummed
 from xanes_utils.model import ModelConfig, XanesGAT
-from xanes_utils.train import TrainConfig, TrainTask, read_payload, stack_targets, train_many
+from xanes_utils.train import CompiledOrEager, TrainConfig, TrainTask, read_payload, stack_targets, train_many
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +130,16 @@ class EnsemblePrediction:
 
 
 @torch.no_grad()
-def member_outputs(model: Ensemble, graphs: Sequence[Data], batch_size: int = 512) -> tuple[Tensor, Tensor]:
+def member_outputs(model: Ensemble, graphs: Sequence[Data], batch_size: int = 512, compile: bool = False
+                   ) -> tuple[Tensor, Tensor]:
     """Member spectra [M, n, out] and last hidden layers [M, n, d] of ``graphs`` (eval mode; collated once for
-    all members)."""
+    all members). ``compile``: through :func:`torch.compile` (see :class:`xanes_utils.train.CompiledOrEager`)."""
     model.eval()
     device = next(model.parameters()).device
+    forward = CompiledOrEager(model) if compile else model
     outs, embs = [], []
     for b in GraphLoader(collate_for(model.config, graphs), batch_size):
-        out, emb = model(b.to(device), embeddings=True)
+        out, emb = forward(b.to(device), embeddings=True)
         outs.append(out.cpu())
         embs.append(emb.cpu())
     return torch.cat(outs, dim=1), torch.cat(embs, dim=1)
@@ -152,13 +154,15 @@ def domain_scores(model: Ensemble, embeddings: Tensor) -> np.ndarray:
     return torch.stack(per_member).mean(0).numpy()
 
 
-def predict_ensemble(model: Ensemble, graphs: Sequence[Data], batch_size: int = 512) -> EnsemblePrediction:
-    """Mean, calibrated standard deviation, member spectra and domain scores for ``graphs``."""
+def predict_ensemble(model: Ensemble, graphs: Sequence[Data], batch_size: int = 512, compile: bool = False
+                     ) -> EnsemblePrediction:
+    """Mean, calibrated standard deviation, member spectra and domain scores for ``graphs`` (``compile``: see
+    :func:`member_outputs`)."""
     if not graphs:
         z = np.zeros((0, model.config.out_dim), np.float32)
         return EnsemblePrediction(z, z, np.zeros((len(model.members),) + z.shape, np.float32), np.zeros(0),
                                   np.zeros(0, bool))
-    members, emb = member_outputs(model, graphs, batch_size)
+    members, emb = member_outputs(model, graphs, batch_size, compile)
     members_np = members.numpy()
     mu, std = mean_std(members_np)
     score = domain_scores(model, emb)

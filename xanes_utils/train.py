@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -126,13 +126,14 @@ def stack_targets(graphs: Sequence[Data]) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_graphs(model: XanesGAT | Ensemble, graphs: Sequence[Data] | DenseGraphs, batch_size: int = 512
-                   ) -> np.ndarray:
+def predict_graphs(model: XanesGAT | Ensemble, graphs: Sequence[Data] | DenseGraphs, batch_size: int = 512,
+                   compile: bool = False) -> np.ndarray:
     """Model spectra [n, 111] for ``graphs`` (or graphs pre-collated by :func:`collate_for`) in eval mode
-    (an ensemble's member mean)."""
+    (an ensemble's member mean). ``compile``: through :func:`torch.compile` (see :class:`CompiledOrEager`)."""
     model.eval()
     device = next(model.parameters()).device
-    outs = [model(b.to(device)).cpu() for b in GraphLoader(collate_for(model.config, graphs), batch_size)]
+    forward = CompiledOrEager(model) if compile else model
+    outs = [forward(b.to(device)).cpu() for b in GraphLoader(collate_for(model.config, graphs), batch_size)]
     outs = [o.mean(0) if o.dim() == 3 else o for o in outs]
     return torch.cat(outs).numpy() if outs else np.zeros((0, model.config.out_dim), np.float32)
 
@@ -146,22 +147,24 @@ def _l1_by_element(model: XanesGAT, graphs: Sequence[Data], batch_size: int,
     return float(err.mean()), {el: float(err[elements == el].mean()) for el in dict.fromkeys(elements.tolist())}
 
 
-class _CompiledOrEager:
-    """Forward passes of ``model`` through ``torch.compile(model, dynamic=True)``; if compiling or running
-    the compiled model fails, the failure is logged and ``model`` runs in eager mode from then on."""
+class CompiledOrEager:
+    """Forward passes of ``model`` (a network or an ensemble) through ``torch.compile(model, dynamic=True)``;
+    if compiling or running the compiled model fails, the failure is logged and ``model`` runs in eager mode
+    from then on. The first call compiles (tens of seconds; instances of the same architecture share the
+    compiled code): for prediction it pays off only on very many graphs (BENCHMARKS.md, "Model speed")."""
 
-    def __init__(self, model: XanesGAT) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.compiled: torch.nn.Module | None = torch.compile(model, dynamic=True)
 
-    def __call__(self, batch: DenseGraphs | Data) -> torch.Tensor:
+    def __call__(self, batch: DenseGraphs | Data, **kwargs: Any) -> Any:
         if self.compiled is not None:
             try:
-                return self.compiled(batch)
-            except Exception as exc:  # any compiler or backend error: train on in eager mode
-                log.warning("torch.compile failed (%s: %s); training in eager mode", type(exc).__name__, exc)
+                return self.compiled(batch, **kwargs)
+            except Exception as exc:  # any compiler or backend error: go on in eager mode
+                log.warning("torch.compile failed (%s: %s); running in eager mode", type(exc).__name__, exc)
                 self.compiled = None
-        return self.model(batch)
+        return self.model(batch, **kwargs)
 
 
 def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config: ModelConfig,
@@ -177,7 +180,7 @@ def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config
     device = config.resolved_device()
     model = XanesGAT(model_config).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    forward = _CompiledOrEager(model) if config.compile else model
+    forward = CompiledOrEager(model) if config.compile else model
     generator = torch.Generator().manual_seed(config.seed)
     loader = GraphLoader(collate_for(model_config, train_graphs), config.batch_size, shuffle=True,
                          generator=generator, drop_last=len(train_graphs) > config.batch_size)
