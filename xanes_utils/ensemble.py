@@ -36,7 +36,7 @@ from torch_geometric.data import Batch, Data
 from xanes_utils.dataset import DATA_DIR
 from xanes_utils.dense import DenseGraphs, GraphLoader, collate_for
 from xanes_utils.io import write_checksummed
-from xanes_utils.model import ModelConfig, XanesGAT
+from xanes_utils.model import EVAL_CHUNK, ModelConfig, XanesGAT
 from xanes_utils.train import CompiledOrEager, TrainConfig, TrainTask, read_payload, stack_targets, train_many
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ def member_outputs(model: Ensemble, graphs: Sequence[Data], batch_size: int = 51
     model.eval()
     device = next(model.parameters()).device
     forward = CompiledOrEager(model) if compile else model
+    batch_size = min(batch_size, EVAL_CHUNK) if compile else batch_size  # the compiled graph needs no chunking
     outs, embs = [], []
     for b in GraphLoader(collate_for(model.config, graphs), batch_size):
         out, emb = forward(b.to(device), embeddings=True)

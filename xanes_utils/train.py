@@ -30,7 +30,7 @@ from xanes_utils.dataset import DATA_DIR
 from xanes_utils.dense import DenseGraphs, GraphLoader, collate_for
 from xanes_utils.elements import E_START, N_POINTS, STEP_EV
 from xanes_utils.io import read_checksummed, write_checksummed
-from xanes_utils.model import ModelConfig, XanesGAT
+from xanes_utils.model import EVAL_CHUNK, ModelConfig, XanesGAT
 
 if TYPE_CHECKING:
     from xanes_utils.ensemble import Ensemble
@@ -133,6 +133,7 @@ def predict_graphs(model: XanesGAT | Ensemble, graphs: Sequence[Data] | DenseGra
     model.eval()
     device = next(model.parameters()).device
     forward = CompiledOrEager(model) if compile else model
+    batch_size = min(batch_size, EVAL_CHUNK) if compile else batch_size  # the compiled graph needs no chunking
     outs = [forward(b.to(device)).cpu() for b in GraphLoader(collate_for(model.config, graphs), batch_size)]
     outs = [o.mean(0) if o.dim() == 3 else o for o in outs]
     return torch.cat(outs).numpy() if outs else np.zeros((0, model.config.out_dim), np.float32)
