@@ -118,3 +118,21 @@ def test_predict_attaches_embeddings_for_a_model_that_reads_them():
     out = predict(spinel(), model=model)
     assert len(out) == 2 and all(np.isfinite(p.mu).all() for p in out)  # the two distinct Co sites
     assert not np.allclose(out[0].mu, out[1].mu)
+
+
+def test_missing_chgnet_is_named_even_for_cached_embeddings(monkeypatch):
+    """The cache key holds CHGNet's version: without the package, the error says to install it."""
+    import importlib.metadata
+
+    from xanes_utils import site_embeddings
+
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "chgnet":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    with pytest.raises(ImportError, match="site embeddings need CHGNet: pip install"):
+        site_embeddings.potential_version()

@@ -47,13 +47,17 @@ CACHE_FORMAT = "xanes-site-embeddings/1"
 BATCH = 16
 
 
+#: What to do when CHGNet is missing.
+MISSING = "site embeddings need CHGNet: pip install 'chgnet>=0.4.2'"
+
+
 @lru_cache(maxsize=1)
 def _potential() -> Any:
     """The pretrained CHGNet model (loaded once), in evaluation mode."""
     try:
         from chgnet.model import CHGNet
     except ImportError as exc:
-        raise ImportError("site embeddings need CHGNet: pip install 'chgnet>=0.4.2'") from exc
+        raise ImportError(MISSING) from exc
     model = CHGNet.load(model_name=MODEL_NAME, verbose=False)
     model.eval()
     return model
@@ -62,9 +66,12 @@ def _potential() -> Any:
 def potential_version() -> str:
     """Name and version of the potential whose features are used (part of every cache key; the model is
     not loaded)."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    return f"chgnet {version('chgnet')} / {MODEL_NAME}"
+    try:
+        return f"chgnet {version('chgnet')} / {MODEL_NAME}"
+    except PackageNotFoundError as exc:  # even cached embeddings are keyed by the potential's version
+        raise ImportError(MISSING) from exc
 
 
 def atom_features(structures: Sequence[Structure], names: Sequence[str] | None = None, progress: bool = True
