@@ -9,7 +9,11 @@ named. Meant for a GPU machine (``TrainConfig.device`` "auto" takes CUDA when pr
 CHGNet site-embedding caches in ``results/paper/`` are reused when they match the data, so the run
 itself needs neither FEFF nor CHGNet.
 
-    python benchmarks/paper_profile_run.py [--profile paper] [--deadline 480] [--json out.json]
+    python benchmarks/paper_profile_run.py [--profile paper] [--deadline 480] [--json out.json] [--check]
+
+Before the run it checks that every package the two notebooks need is installed (:data:`NEEDED`; CHGNet's
+metadata is read even when the site embeddings are cached, since its version keys that cache) and stops with
+the list of the missing ones; ``--check`` stops after that check.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +40,20 @@ from xanes_utils.profiles import cache_dir, get_profile  # noqa: E402
 from xanes_utils.train import load_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Distributions that notebooks 02 and 03 need under ``run_all.py`` (directly or through ``xanes_utils``).
+NEEDED = ("papermill", "nbclient", "ipykernel", "pymatgen", "torch-geometric", "chgnet", "pandas", "matplotlib",
+          "scipy", "tqdm")
+
+
+def missing_packages(names: tuple[str, ...] = NEEDED) -> list[str]:
+    """The distributions of ``names`` that are not installed."""
+    out = []
+    for name in names:
+        try:
+            version(name)
+        except PackageNotFoundError:
+            out.append(name)
+    return out
 
 
 def torch_build() -> str:
@@ -93,7 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="paper", help="run_all.py profile (default paper)")
     parser.add_argument("--deadline", type=float, default=480, help="stop run_all.py after this many seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--check", action="store_true", help="only check that the needed packages are installed")
     args = parser.parse_args(argv)
+    missing = missing_packages()
+    if missing:
+        print(f"missing packages: {', '.join(missing)}: install them (or carry them as wheels) before the run")
+        return 2
+    if args.check:
+        print(f"every needed package is installed ({', '.join(NEEDED)})")
+        return 0
     since = time.time()
     wall, code = run_notebooks(args.profile, args.deadline)
     rows = model_rows(args.profile, since)
