@@ -7,7 +7,7 @@ per model the epochs, training spectra, wall seconds and training graphs per sec
 epochs / seconds, the per-epoch validation pass included in the seconds), with the machine and accelerator
 named. Meant for a GPU machine (``TrainConfig.device`` "auto" takes CUDA when present); the graph and
 CHGNet site-embedding caches in ``results/paper/`` are reused when they match the data, so the run
-itself needs neither FEFF nor CHGNet.
+itself runs neither FEFF nor CHGNet (the chgnet package must still be installed: its version keys that cache).
 
     python benchmarks/paper_profile_run.py [--profile paper] [--deadline 480] [--json out.json] [--check]
 
