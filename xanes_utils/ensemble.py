@@ -36,8 +36,8 @@ from torch_geometric.data import Batch, Data
 from xanes_utils.dataset import DATA_DIR
 from xanes_utils.dense import DenseGraphs, GraphLoader, collate_for
 from xanes_utils.io import write_checksummed
-from xanes_utils.model import EVAL_CHUNK, ModelConfig, XanesGAT
-from xanes_utils.train import CompiledOrEager, TrainConfig, TrainTask, read_payload, stack_targets, train_many
+from xanes_utils.model import ModelConfig, XanesGAT
+from xanes_utils.train import TrainConfig, TrainTask, predictor, read_payload, stack_targets, train_many
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,10 @@ class EnsemblePrediction:
 def member_outputs(model: Ensemble, graphs: Sequence[Data], batch_size: int = 512, compile: bool = False
                    ) -> tuple[Tensor, Tensor]:
     """Member spectra [M, n, out] and last hidden layers [M, n, d] of ``graphs`` (eval mode; collated once for
-    all members). ``compile``: through :func:`torch.compile` (see :class:`xanes_utils.train.CompiledOrEager`)."""
+    all members). ``compile``: through :func:`torch.compile` (see :func:`xanes_utils.train.predictor`)."""
     model.eval()
     device = next(model.parameters()).device
-    forward = CompiledOrEager(model) if compile else model
-    batch_size = min(batch_size, EVAL_CHUNK) if compile else batch_size  # the compiled graph needs no chunking
+    forward, batch_size = predictor(model, batch_size, compile)
     outs, embs = [], []
     for b in GraphLoader(collate_for(model.config, graphs), batch_size):
         out, emb = forward(b.to(device), embeddings=True)

@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -129,11 +129,10 @@ def stack_targets(graphs: Sequence[Data]) -> np.ndarray:
 def predict_graphs(model: XanesGAT | Ensemble, graphs: Sequence[Data] | DenseGraphs, batch_size: int = 512,
                    compile: bool = False) -> np.ndarray:
     """Model spectra [n, 111] for ``graphs`` (or graphs pre-collated by :func:`collate_for`) in eval mode
-    (an ensemble's member mean). ``compile``: through :func:`torch.compile` (see :class:`CompiledOrEager`)."""
+    (an ensemble's member mean). ``compile``: through :func:`torch.compile` (see :func:`predictor`)."""
     model.eval()
     device = next(model.parameters()).device
-    forward = CompiledOrEager(model) if compile else model
-    batch_size = min(batch_size, EVAL_CHUNK) if compile else batch_size  # the compiled graph needs no chunking
+    forward, batch_size = predictor(model, batch_size, compile)
     outs = [forward(b.to(device)).cpu() for b in GraphLoader(collate_for(model.config, graphs), batch_size)]
     outs = [o.mean(0) if o.dim() == 3 else o for o in outs]
     return torch.cat(outs).numpy() if outs else np.zeros((0, model.config.out_dim), np.float32)
@@ -166,6 +165,15 @@ class CompiledOrEager:
                 log.warning("torch.compile failed (%s: %s); running in eager mode", type(exc).__name__, exc)
                 self.compiled = None
         return self.model(batch, **kwargs)
+
+
+def predictor(model: torch.nn.Module, batch_size: int, compile: bool) -> tuple[Callable[..., Any], int]:
+    """The forward pass to predict with and its batch size: ``model`` as it is, or through
+    :class:`CompiledOrEager` in batches of at most :data:`~xanes_utils.model.EVAL_CHUNK` graphs, which the model
+    computes in one piece (no chunking, hence no graph breaks, inside the compiled graph)."""
+    if not compile:
+        return model, batch_size
+    return CompiledOrEager(model), min(batch_size, EVAL_CHUNK)
 
 
 def train(train_graphs: Sequence[Data], val_graphs: Sequence[Data], model_config: ModelConfig,
