@@ -17,7 +17,12 @@ per CPU second (median).
 With ``--compile`` a third row runs our model through ``torch.compile(dynamic=True)`` (its compilation
 happens in the untimed warm-up; its FLOPs are ours).
 
+With ``--ceiling`` it also bounds our training speed from below the step: the matrix products' self CPU time per
+step (torch.profiler, one epoch) plus the step's fixed cost (the same batches through a model with every width 8:
+Python, dispatch, gathers, optimiser calls), and the ratio to theirs that a step of only those two would reach.
+
     python benchmarks/train_speed.py [--n 640] [--data FILE] [--repeats 5] [--threads 1] [--profile] [--compile]
+                                     [--ceiling]
 """
 
 from __future__ import annotations
@@ -149,6 +154,32 @@ def profile_table(side: Side, rows: int = 15) -> str:
     return "\n".join(lines)
 
 
+MATRIX_PRODUCTS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::addmv", "aten::addmv_", "aten::addr")
+
+
+def ceiling(side: Side, repeats: int = 3) -> tuple[float, float, float]:
+    """(ms per training step of ``side``'s matrix products, ms per step at widths 8, ms per step as run): one
+    profiled epoch for the products, the medians of ``repeats`` epochs for the rest, all in CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = sum(1 for _ in side.train_batches())
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        side.train_epoch()
+    products = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATRIX_PRODUCTS) / 1e3 / steps
+    torch.manual_seed(0)
+    tiny = Side(XanesGAT(ModelConfig.paper(conv_dims=(8, 8, 8), head_dim=8, mlp_dims=(8, 8))), side.train_batches, [])
+    tiny.train_epoch()  # warm-up
+    per_step = {}
+    for name, s in (("tiny", tiny), ("ours", side)):
+        times = []
+        for _ in range(repeats):
+            cpu = time.process_time()
+            s.train_epoch()
+            times.append((time.process_time() - cpu) * 1e3 / steps)
+        per_step[name] = statistics.median(times)
+    return products, per_step["tiny"], per_step["ours"]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print markdown tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--profile", action="store_true", help="also print where our training time goes")
     parser.add_argument("--compile", action="store_true", help="also time our model through torch.compile")
+    parser.add_argument("--ceiling", action="store_true", help="also bound our training speed by its matrix "
+                        "products and fixed per-step cost")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -203,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         print("\nWhere our training time goes (one epoch, torch.profiler):\n")
         print(profile_table(sides["ours"]))
+    if args.ceiling:
+        products, fixed, step = ceiling(sides["ours"])
+        bound = args.batch_size / (products + fixed) * 1e3
+        print(f"\nCeiling (CPU ms per training step of {args.batch_size} graphs): as run {step:.1f}; matrix products "
+              f"{products:.1f} ({flops['ours'][0] * args.batch_size / products / 1e6:.0f} GFLOP/s); fixed cost at "
+              f"widths 8 {fixed:.1f}; everything else {step - products - fixed:.1f}. Products plus fixed cost alone: "
+              f"{bound:,.0f} graphs per CPU-s, {bound / medians[('theirs', 'training')]:.1f}x theirs")
     return 0
 
 
