@@ -209,3 +209,28 @@ def test_generate_elements_runs_only_those_elements(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         feff._main(args + ["--elements", "Xx"])
     assert pending(jobs, out) == [jobs[0]]
+
+
+def test_generate_runs_several_plans_as_one(tmp_path, monkeypatch):
+    jobs = [Job("s0", 0, "Ni"), Job("s1", 1, "Cu"), Job("s2", 0, "Ni")]
+    plans = [tmp_path / "a.json.gz", tmp_path / "b.json.gz", tmp_path / "relaxed.json.gz", tmp_path / "other.json.gz"]
+    for path, part, extra in ((plans[0], jobs[:2], {}), (plans[1], jobs[1:], {}), (plans[2], jobs[2:], {"relax": True}),
+                              (plans[3], jobs[:1], {})):
+        structure = NIO.copy() if path != plans[3] else NIO.copy().scale_lattice(80.0)
+        atomic_write_json(path, {"jobs": [dataclasses.asdict(j) for j in part], **extra,
+                                 "structures": {j.structure_id: structure.as_dict() for j in part}})
+    merged, structures, _, relax = feff.read_plans(plans[:2])
+    assert merged == jobs and set(structures) == {"s0", "s1", "s2"} and relax is False  # the shared job once
+    assert feff.read_plans(plans[:2], limit=1)[0] == [jobs[0], jobs[1]]  # the first job of each plan
+    with pytest.raises(ValueError, match="relaxed.json.gz"):
+        feff.read_plans([plans[0], plans[2]])
+    with pytest.raises(ValueError, match="structure s0"):
+        feff.read_plans([plans[0], plans[3]])
+    out = tmp_path / "runs"
+    monkeypatch.setattr(feff, "compute_spectrum", quick_compute)
+    args = ["generate", "--out", str(out), "--workers", "1", "--plan"]
+    with pytest.raises(SystemExit):
+        feff._main(args + [str(plans[0]), str(plans[2])])
+    assert pending(jobs, out) == jobs  # nothing ran
+    feff._main(args + [str(plans[0]), str(plans[1])])
+    assert pending(jobs, out) == []

@@ -31,7 +31,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Iterator
+from typing import Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 import psutil
@@ -605,6 +605,32 @@ def _execute(args: list[tuple], workers: int | None, scheduler) -> Iterator[tupl
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def read_plans(paths: Sequence[str | Path], limit: int | None = None) -> tuple[list[Job], dict, dict, bool]:
+    """The jobs, structures, sources and relax flag of one or more plan files (``plan`` writes them), merged:
+    jobs in file order (each file's first ``limit``), a job that two plans share once. Raises a ValueError
+    naming the files when one plan relaxes its structures and another does not, or when two plans give one
+    structure id different structures."""
+    jobs: dict[str, Job] = {}
+    structures: dict[str, dict] = {}
+    sources: dict[str, dict] = {}
+    origin: dict[str, str] = {}
+    relax: dict[str, bool] = {}
+    for path in map(str, paths):
+        plan = read_json(path)
+        relax[path] = bool(plan.get("relax", False))
+        for sid, structure in plan["structures"].items():
+            if sid in structures and structures[sid] != structure:
+                raise ValueError(f"plans {origin[sid]} and {path} give structure {sid} different structures")
+            structures[sid], origin[sid] = structure, origin.get(sid, path)
+        sources.update(plan.get("sources", {}))
+        for job in [Job(**j) for j in plan["jobs"]][:limit]:
+            jobs.setdefault(job.id, job)
+    if len(set(relax.values())) > 1:
+        raise ValueError("plans that relax their structures and plans that do not cannot run together: "
+                         + ", ".join(f"{path} (relax {flag})" for path, flag in relax.items()))
+    return list(jobs.values()), structures, sources, any(relax.values())
+
+
 def plan_jobs(library: list, seed: int = 0) -> list[Job]:
     """Order every (structure, symmetry-distinct absorber site) round-robin over the 20 elements.
 
@@ -705,10 +731,11 @@ def _main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     gen = sub.add_parser("generate", help="run pending FEFF jobs of a plan (resumable; by deficit over elements, "
                                           "an element's prototype families in turns)")
-    gen.add_argument("--plan", default="data/plan.json.gz", help="plan file (made by `plan`)")
+    gen.add_argument("--plan", nargs="+", default=["data/plan.json.gz"],
+                     help="plan files (made by `plan`); several run as one, by deficit over all their jobs")
     gen.add_argument("--out", default="data/feff_runs", help="directory of finished/failed records")
     gen.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
-    gen.add_argument("--limit", type=int, default=None, help="only the first N jobs of the plan")
+    gen.add_argument("--limit", type=int, default=None, help="only the first N jobs of each plan")
     gen.add_argument("--scheduler", default=None, help="Dask distributed scheduler address")
     gen.add_argument("--stage-timeout", type=float, default=900.0, help="seconds per FEFF stage")
     gen.add_argument("--retry-failed", action="store_true", help="rerun jobs with a recorded failure")
@@ -781,8 +808,11 @@ def _main(argv: list[str] | None = None) -> None:
         log.info("plan: %d jobs over %d structures in %.0f s -> %s (per element: %s)", len(jobs), len(library),
                  time.perf_counter() - start, args.out, dict(Counter(j.element for j in jobs)))
     elif args.cmd == "generate":
-        plan = read_json(args.plan)
-        jobs = spread_families([Job(**j) for j in plan["jobs"]][: args.limit], plan.get("sources", {}))
+        try:
+            jobs, structures, sources, relax = read_plans(args.plan, args.limit)
+        except ValueError as exc:
+            parser.error(str(exc))
+        jobs = spread_families(jobs, sources)
         if args.elements:
             unknown = sorted(set(args.elements) - set(ELEMENTS))
             if unknown:
@@ -790,9 +820,8 @@ def _main(argv: list[str] | None = None) -> None:
                              f"({', '.join(ELEMENTS)})")
             jobs = [job for job in jobs if job.element in args.elements]
         try:
-            counts = generate(jobs, plan["structures"], args.out, args.workers, stage_timeout=args.stage_timeout,
-                              scheduler=args.scheduler, retry_failed=args.retry_failed,
-                              relax=bool(plan.get("relax", False)))
+            counts = generate(jobs, structures, args.out, args.workers, stage_timeout=args.stage_timeout,
+                              scheduler=args.scheduler, retry_failed=args.retry_failed, relax=relax)
         except KeyboardInterrupt:
             raise SystemExit(130) from None
         log.info("generate: %s", counts)
