@@ -29,6 +29,8 @@ from xanes_utils.train import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from xanes_utils.ensemble import Ensemble
 
 log = logging.getLogger(__name__)
@@ -222,6 +224,38 @@ def ensemble_or_load(prep: Prepared, profile: Profile, data: str | Path | None, 
              "seconds": [h["seconds"][-1] for h in histories]}
     save_ensemble(path, model, extra)
     return model, extra
+
+
+def train_for_prediction(data: str | Path, out: str | Path, profile: Profile, n_members: int = 5,
+                         jobs: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Train the shipped model's recipe (the profile's ensemble, :func:`ensemble_or_load`) on the records of
+    ``data`` (any format :func:`load_records` reads), score it on their held-out test split and write it to
+    ``out``, a checkpoint that ``predict --model`` and :func:`xanes_utils.train.load_model` read.
+
+    Returns the test table of :func:`xanes_utils.evaluate.evaluation_table` (η against each element's mean
+    training spectrum) with the share of test points inside the calibrated ±2σ band (``coverage_2sigma``);
+    the checkpoint's ``extra`` holds it as ``"test"``. Raises a ValueError naming ``data`` when its records
+    are too few for a training, validation and test split."""
+    from xanes_utils.calibration import coverage
+    from xanes_utils.ensemble import predict_ensemble, save_ensemble
+    from xanes_utils.evaluate import evaluation_table, mean_spectra
+    from xanes_utils.train import stack_targets
+
+    prep = prepare(profile, data)
+    if len(prep.train) < 2 or not prep.val or not prep.test:
+        raise ValueError(f"{data}: {len(prep.records)} usable records give {len(prep.train)} training, {len(prep.val)} "
+                         f"validation and {len(prep.test)} test spectra (split by material): need at least 2, 1 and 1")
+    model, extra = ensemble_or_load(prep, profile, data, n_members, retrain=True, jobs=jobs, progress=progress)
+    train, test = prep.subset("train"), prep.subset("test")
+    baseline = mean_spectra(stack_targets(train), [g.element for g in train])
+    y_true, elements = stack_targets(test), np.array([g.element for g in test])
+    pred = predict_ensemble(model, test)
+    table = evaluation_table(y_true, pred.mu, elements, baseline)
+    table["coverage_2sigma"] = [coverage(y_true[mask], pred.mu[mask], pred.mu_std[mask], ks=(2.0,))[2.0]
+                                for mask in (elements == el if el != "all" else slice(None) for el in table.index)]
+    save_ensemble(out, model, extra | {"data": str(data), "test": to_jsonable(table)})
+    log.info("wrote %s (%d members; test eta %.2f on %d spectra)", out, n_members, table.loc["all", "eta"], len(test))
+    return table
 
 
 def cached_json(path: Path, compute, key: str, retrain: bool = False):
