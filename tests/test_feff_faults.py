@@ -234,3 +234,23 @@ def test_generate_runs_several_plans_as_one(tmp_path, monkeypatch):
     assert pending(jobs, out) == jobs  # nothing ran
     feff._main(args + [str(plans[0]), str(plans[1])])
     assert pending(jobs, out) == []
+
+
+def test_status_counts_finished_failed_and_pending_against_a_target(tmp_path, monkeypatch, capsys):
+    jobs = [Job("s0", 0, "Ni"), Job("s1", 1, "Ni"), Job("s2", 0, "Ni"), Job("s3", 0, "Cu")]
+    plan = tmp_path / "plan.json.gz"
+    atomic_write_json(plan, {"jobs": [dataclasses.asdict(j) for j in jobs],
+                             "structures": {j.structure_id: NIO.as_dict() for j in jobs}})
+    out = tmp_path / "runs"
+    monkeypatch.setattr(feff, "compute_spectrum", quick_compute)
+    generate(jobs[:1], {"s0": NIO.as_dict()}, out, workers=1)
+    atomic_write_json(out / "failed" / f"{jobs[1].id}.json", {"id": jobs[1].id, "reason": "FeffRunError: pot"})
+    rows = {r["element"]: r for r in feff.progress_table(jobs, out, target=3)}
+    assert rows["Ni"] == {"element": "Ni", "finished": 1, "failed": 1, "pending": 1, "needed": 2,
+                          "jobs_needed": 4, "short": 3}  # success rate (1 + 1) / (2 + 2)
+    assert rows["Cu"] == {"element": "Cu", "finished": 0, "failed": 0, "pending": 1, "needed": 3,
+                          "jobs_needed": 6, "short": 5}
+    assert rows["Fe"]["needed"] == 3 and rows["Fe"]["pending"] == 0
+    feff._main(["status", "--plan", str(plan), "--out", str(out), "--target", "1"])
+    text = capsys.readouterr().out
+    assert "| Ni | 1 | 1 | 1 | 0 | 0 | 0 |" in text and "19 more needed for 1 per element" in text

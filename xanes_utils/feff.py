@@ -631,6 +631,25 @@ def read_plans(paths: Sequence[str | Path], limit: int | None = None) -> tuple[l
     return list(jobs.values()), structures, sources, any(relax.values())
 
 
+def progress_table(jobs: Sequence[Job], out_dir: str | Path, target: int) -> list[dict]:
+    """Per element: finished spectra under ``out_dir``, recorded failures and pending jobs among ``jobs``, the
+    spectra still ``needed`` for ``target``, the jobs that takes at the element's success rate among ``jobs`` so far
+    (``jobs_needed``; the rate smoothed as (done + 1) / (tried + 2)), and ``short``: jobs missing from the plans to
+    get there (plan more when positive)."""
+    finished = finished_counts(out_dir)
+    failed = Counter(j.element for j in jobs if _failed_path(out_dir, j).exists())
+    done = Counter(j.element for j in jobs if _done_path(out_dir, j).exists())
+    waiting = Counter(j.element for j in pending(jobs, out_dir))
+    rows = []
+    for el in ELEMENTS:
+        needed = max(0, target - finished[el])
+        success = (done[el] + 1) / (done[el] + failed[el] + 2)  # smoothed: no job tried yet reads as 1 in 2
+        jobs_needed = int(np.ceil(needed / success))
+        rows.append({"element": el, "finished": finished[el], "failed": failed[el], "pending": waiting[el],
+                     "needed": needed, "jobs_needed": jobs_needed, "short": max(0, jobs_needed - waiting[el])})
+    return rows
+
+
 def plan_jobs(library: list, seed: int = 0) -> list[Job]:
     """Order every (structure, symmetry-distinct absorber site) round-robin over the 20 elements.
 
@@ -742,6 +761,10 @@ def _main(argv: list[str] | None = None) -> None:
     gen.add_argument("--elements", nargs="+", default=None, metavar="EL",
                      help="only these absorbing elements' jobs (e.g. Cu, to finish the element that has a "
                           "real-materials validation set first); default: every element, by deficit")
+    st = sub.add_parser("status", help="finished, failed and pending spectra per element against a target")
+    st.add_argument("--plan", nargs="+", default=["data/plan.json.gz"], help="plan files whose jobs count as pending")
+    st.add_argument("--out", default="data/feff_runs", help="directory of finished/failed records")
+    st.add_argument("--target", type=int, default=200, help="spectra wanted per element (default 200)")
     pl = sub.add_parser("plan", help="build the structure library and the job plan")
     pl.add_argument("--out", default="data/plan.json.gz")
     pl.add_argument("--no-minerals", action="store_true", help="skip robocrys' mineral database")
@@ -825,6 +848,18 @@ def _main(argv: list[str] | None = None) -> None:
         except KeyboardInterrupt:
             raise SystemExit(130) from None
         log.info("generate: %s", counts)
+    elif args.cmd == "status":
+        try:
+            jobs = read_plans(args.plan)[0]
+        except ValueError as exc:
+            parser.error(str(exc))
+        rows = progress_table(jobs, args.out, args.target)
+        keys = list(rows[0])
+        print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+        print("\n".join("| " + " | ".join(str(row[k]) for k in keys) + " |" for row in rows))
+        print(f"\n{sum(r['finished'] for r in rows)} spectra finished; {sum(r['needed'] for r in rows)} more needed for "
+              f"{args.target} per element, about {sum(r['jobs_needed'] for r in rows)} jobs at each element's failure "
+              f"rate; plans short by {sum(r['short'] for r in rows)} jobs")
     elif args.cmd == "rerun":
         jobs, structures = rerun_jobs(args.runs, args.per_element, args.seed, args.elements)
         try:
