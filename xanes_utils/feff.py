@@ -858,7 +858,7 @@ def _main(argv: list[str] | None = None) -> None:
         print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
         print("\n".join("| " + " | ".join(str(row[k]) for k in keys) + " |" for row in rows))
         print(f"\n{sum(r['finished'] for r in rows)} spectra finished; {sum(r['needed'] for r in rows)} more needed for "
-              f"{args.target} per element, about {sum(r['jobs_needed'] for r in rows)} jobs at each element's failure "
+              f"{args.target} per element, about {sum(r['jobs_needed'] for r in rows)} jobs at each element's success "
               f"rate; plans short by {sum(r['short'] for r in rows)} jobs")
     elif args.cmd == "rerun":
         jobs, structures = rerun_jobs(args.runs, args.per_element, args.seed, args.elements)
