@@ -246,8 +246,11 @@ def train_for_prediction(data: str | Path, out: str | Path, profile: Profile, n_
         raise ValueError(f"{data}: {len(prep.records)} usable records give {len(prep.train)} training, {len(prep.val)} "
                          f"validation and {len(prep.test)} test spectra (split by material): need at least 2, 1 and 1")
     model, extra = ensemble_or_load(prep, profile, data, n_members, retrain=True, jobs=jobs, progress=progress)
-    train, test = prep.subset("train"), prep.subset("test")
+    train = prep.subset("train")
     baseline = mean_spectra(stack_targets(train), [g.element for g in train])
+    test = [g for g in prep.subset("test") if g.element in baseline]
+    if len(test) < len(prep.test):  # a material's sites follow its first site's element in the split
+        log.warning("%d test spectra of elements without training spectra are not scored", len(prep.test) - len(test))
     y_true, elements = stack_targets(test), np.array([g.element for g in test])
     pred = predict_ensemble(model, test)
     table = evaluation_table(y_true, pred.mu, elements, baseline)
