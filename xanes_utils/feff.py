@@ -637,9 +637,14 @@ def progress_table(jobs: Sequence[Job], out_dir: str | Path, target: int) -> lis
     (``jobs_needed``; the rate smoothed as (done + 1) / (tried + 2)), and ``short``: jobs missing from the plans to
     get there (plan more when positive)."""
     finished = finished_counts(out_dir)
-    failed = Counter(j.element for j in jobs if _failed_path(out_dir, j).exists())
-    done = Counter(j.element for j in jobs if _done_path(out_dir, j).exists())
-    waiting = Counter(j.element for j in pending(jobs, out_dir))
+    done, failed, waiting = Counter(), Counter(), Counter()
+    for job in jobs:  # as pending() decides: a finished record first, then a recorded failure
+        if _done_path(out_dir, job).exists():
+            done[job.element] += 1
+        elif _failed_path(out_dir, job).exists():
+            failed[job.element] += 1
+        else:
+            waiting[job.element] += 1
     rows = []
     for el in ELEMENTS:
         needed = max(0, target - finished[el])
