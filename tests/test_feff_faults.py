@@ -254,3 +254,19 @@ def test_status_counts_finished_failed_and_pending_against_a_target(tmp_path, mo
     feff._main(["status", "--plan", str(plan), "--out", str(out), "--target", "1"])
     text = capsys.readouterr().out
     assert "| Ni | 1 | 1 | 1 | 0 | 0 | 0 |" in text and "19 more needed for 1 per element" in text
+
+
+def test_max_cluster_atoms_runs_only_jobs_with_small_fms_clusters(tmp_path, monkeypatch, capsys):
+    # rock salt with a = 4.17 Å: 1 + 6 + 12 + 8 + 6 + 24 atoms within 5 Å of Ni; with a = 6 Å: 1 + 6 + 12
+    structures = {"dense": NIO.as_dict(), "open": NIO.copy().scale_lattice(6.0 ** 3).as_dict()}
+    jobs = [Job("dense", 0, "Ni"), Job("open", 0, "Ni")]
+    assert feff.cluster_atoms(jobs, structures) == {jobs[0].id: 57, jobs[1].id: 19}
+    assert feff.cluster_atoms(jobs[:1], structures, radius=3.0) == {jobs[0].id: 19}
+    plan = tmp_path / "plan.json.gz"
+    atomic_write_json(plan, {"jobs": [dataclasses.asdict(j) for j in jobs], "structures": structures})
+    out = tmp_path / "runs"
+    feff._main(["status", "--plan", str(plan), "--out", str(out), "--target", "1", "--max-cluster-atoms", "19"])
+    assert "| Ni | 0 | 0 | 1 | 1 | 2 | 1 |" in capsys.readouterr().out  # only the open structure's job counts
+    monkeypatch.setattr(feff, "compute_spectrum", quick_compute)
+    feff._main(["generate", "--plan", str(plan), "--out", str(out), "--workers", "1", "--max-cluster-atoms", "56"])
+    assert pending(jobs, out) == [jobs[0]]

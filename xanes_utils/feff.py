@@ -492,6 +492,21 @@ def spread_families(jobs: list[Job], sources: dict[str, dict]) -> list[Job]:
     return [job for _, job in sorted(zip(keys, jobs), key=lambda kv: kv[0])]
 
 
+def cluster_atoms(jobs: Iterable[Job], structures: dict[str, dict],
+                  radius: float = DEFAULT_SETTINGS.fms_radius) -> dict[str, int]:
+    """Atoms within ``radius`` (Å; default FEFF's FMS radius) of each job's absorber, absorber included, in the
+    structure as planned (before any relaxation), by job id. FEFF's time grows steeply with it: on 900 spectra
+    of 2026-11-29, median 7 s at 20–27 atoms and 55–67 s at 44–51 (BENCHMARKS.md)."""
+    cache: dict[str, Structure] = {}
+    counts = {}
+    for job in jobs:
+        if job.structure_id not in cache:
+            cache[job.structure_id] = Structure.from_dict(structures[job.structure_id])
+        structure = cache[job.structure_id]
+        counts[job.id] = len(structure.get_sites_in_sphere(structure[job.site].coords, radius))
+    return counts
+
+
 def balanced(todo: list[Job], out_dir: str | Path) -> list[Job]:
     """Reorder pending jobs so that the elements with the fewest finished spectra catch up first
     (:func:`by_deficit`). After an interrupted run, failures or a changed plan, this keeps the dataset
@@ -750,6 +765,16 @@ def _interleave(groups: list[list]) -> list:
     return [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]
 
 
+def _within_cap(jobs: list[Job], structures: dict[str, dict], max_atoms: int | None) -> list[Job]:
+    """``jobs`` (in order) whose :func:`cluster_atoms` is at most ``max_atoms``; all of them when it is None."""
+    if max_atoms is None:
+        return jobs
+    sizes = cluster_atoms(jobs, structures)
+    kept = [job for job in jobs if sizes[job.id] <= max_atoms]
+    log.info("%d of %d jobs have at most %d atoms within the FMS radius", len(kept), len(jobs), max_atoms)
+    return kept
+
+
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m xanes_utils.feff", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -766,10 +791,14 @@ def _main(argv: list[str] | None = None) -> None:
     gen.add_argument("--elements", nargs="+", default=None, metavar="EL",
                      help="only these absorbing elements' jobs (e.g. Cu, to finish the element that has a "
                           "real-materials validation set first); default: every element, by deficit")
+    cap_help = ("only jobs whose absorber has at most N atoms within the FMS radius in the planned structure "
+                "(FEFF's time grows steeply with it; see cluster_atoms); default: every job")
+    gen.add_argument("--max-cluster-atoms", type=int, default=None, metavar="N", help=cap_help)
     st = sub.add_parser("status", help="finished, failed and pending spectra per element against a target")
     st.add_argument("--plan", nargs="+", default=["data/plan.json.gz"], help="plan files whose jobs count as pending")
     st.add_argument("--out", default="data/feff_runs", help="directory of finished/failed records")
     st.add_argument("--target", type=int, default=200, help="spectra wanted per element (default 200)")
+    st.add_argument("--max-cluster-atoms", type=int, default=None, metavar="N", help=cap_help)
     pl = sub.add_parser("plan", help="build the structure library and the job plan")
     pl.add_argument("--out", default="data/plan.json.gz")
     pl.add_argument("--no-minerals", action="store_true", help="skip robocrys' mineral database")
@@ -840,7 +869,7 @@ def _main(argv: list[str] | None = None) -> None:
             jobs, structures, sources, relax = read_plans(args.plan, args.limit)
         except ValueError as exc:
             parser.error(str(exc))
-        jobs = spread_families(jobs, sources)
+        jobs = _within_cap(spread_families(jobs, sources), structures, args.max_cluster_atoms)
         if args.elements:
             unknown = sorted(set(args.elements) - set(ELEMENTS))
             if unknown:
@@ -855,9 +884,10 @@ def _main(argv: list[str] | None = None) -> None:
         log.info("generate: %s", counts)
     elif args.cmd == "status":
         try:
-            jobs = read_plans(args.plan)[0]
+            jobs, structures = read_plans(args.plan)[:2]
         except ValueError as exc:
             parser.error(str(exc))
+        jobs = _within_cap(jobs, structures, args.max_cluster_atoms)
         rows = progress_table(jobs, args.out, args.target)
         keys = list(rows[0])
         print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
