@@ -94,12 +94,12 @@ def prepare(profile: Profile, data: str | Path | None = None, split_by: str = "m
 
 
 def with_site_embeddings(prep: Prepared, profile: Profile, data: str | Path | None,
-                         width: int = SITE_EMBEDDING_DIM) -> None:
+                         width: int = SITE_EMBEDDING_DIM, progress: bool = True) -> None:
     """Attach the absorbers' CHGNet site embeddings of ``width`` to ``prep``'s graphs unless they have them
-    (cached in the profile's results directory)."""
+    (cached in the profile's results directory; a progress bar while they are computed unless not ``progress``)."""
     first = prep.graphs[0] if prep.graphs else None
     if first is not None and ("site_embedding" not in first or first.site_embedding.shape[1] != width):
-        attach_site_embeddings(prep.graphs, prep.records, width=width,
+        attach_site_embeddings(prep.graphs, prep.records, width=width, progress=progress,
                                cache_path=cache_dir(profile.name, data) / cache_file_name("site_embeddings", width))
 
 
@@ -205,7 +205,7 @@ def ensemble_or_load(prep: Prepared, profile: Profile, data: str | Path | None, 
     path = ensemble_path(profile, data)
     model_config = profile.ensemble_config()
     if model_config.site_embedding:
-        with_site_embeddings(prep, profile, data, model_config.site_embedding)
+        with_site_embeddings(prep, profile, data, model_config.site_embedding, progress)
     if path.exists() and not retrain:
         try:
             model, extra = load_ensemble(path)
