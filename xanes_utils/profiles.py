@@ -1,8 +1,8 @@
 """Run profiles shared by ``run_all.py`` and the notebooks, and where their expensive results are cached.
 
 * ``quick``: minutes on a CPU (CI smoke runs);
-* ``default``: the embedded dataset on a 2-core laptop CPU, about 80 minutes for every notebook with
-  ``--retrain --jobs 2`` (4,876 s on 3,145 spectra, BENCHMARKS.md), about a minute from the cached results;
+* ``default``: the embedded dataset on a 2-core laptop CPU, about 70 minutes for every notebook with
+  ``--retrain --jobs 2`` (4,033 s on 4,398 spectra, BENCHMARKS.md), about a minute from the cached results;
 * ``paper``: the paper's dimensions and epochs, for a GPU.
 """
 
