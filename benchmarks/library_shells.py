@@ -41,9 +41,10 @@ def main() -> None:
     plan_sites = [(structures[j.structure_id], j.site, j.element) for j in jobs]
     sets = [("embedded dataset", data_sites), (args.plan, plan_sites)]
     if args.max_cluster_atoms is not None:
-        sizes = [n <= args.max_cluster_atoms for n in cluster_atoms(jobs, plan["structures"]).values()]
+        sizes = cluster_atoms(jobs, plan["structures"])
+        small = [sizes[j.id] <= args.max_cluster_atoms for j in jobs]
         sets += [(f"{args.plan}, {label} {args.max_cluster_atoms} atoms within the FMS radius",
-                  [site for site, small in zip(plan_sites, sizes) if small == keep])
+                  [site for site, is_small in zip(plan_sites, small) if is_small == keep])
                  for label, keep in (("at most", True), ("more than", False))]
     print(f"Machine: {describe()}\n")
     print("| set | first-shell statistics |\n|---|---|")

@@ -494,9 +494,9 @@ def spread_families(jobs: list[Job], sources: dict[str, dict]) -> list[Job]:
 
 def cluster_atoms(jobs: Iterable[Job], structures: dict[str, dict],
                   radius: float = DEFAULT_SETTINGS.fms_radius) -> dict[str, int]:
-    """Atoms within ``radius`` (Å; default FEFF's FMS radius) of each job's absorber, absorber included, in the
-    structure as planned (before any relaxation), by job id. FEFF's time grows steeply with it: on 900 spectra
-    of 2026-11-29, median 7 s at 20–27 atoms and 55–67 s at 44–51 (BENCHMARKS.md)."""
+    """Atoms within ``radius`` (Å; default FEFF's FMS radius) of each job's absorber, absorber included, in
+    ``structures`` (structure dicts by id; for a plan, as planned, before any relaxation), by job id. FEFF's time
+    grows steeply with it: median 9 s at 16–23 atoms, 106 s at 48–55 (BENCHMARKS.md, "FEFF10 data generation")."""
     cache: dict[str, Structure] = {}
     counts = {}
     for job in jobs:
