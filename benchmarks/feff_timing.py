@@ -42,7 +42,8 @@ def main() -> None:
         return
     runs = Path(args.runs)
     seconds: dict[str, list[float]] = {}
-    sizes: list[int] = []
+    sizes: list[int] = []  # with --by-cluster: each record's cluster atoms and seconds, in step
+    timed: list[float] = []
     retried = 0
     planned = set(read_json(args.plan)["structures"]) if args.plan else None
     for path in runs.glob("*/*.json.gz"):
@@ -54,12 +55,13 @@ def main() -> None:
             if args.by_cluster:
                 job = Job(rec["structure_id"], rec["absorbing_index"], rec["absorbing_element"])
                 sizes.append(cluster_atoms([job], {job.structure_id: rec["structure"]})[job.id])
+                timed.append(rec["seconds"])
             retried += bool(rec["retried"])
     failed = len(list(runs.glob("failed/*.json")))
     every = np.concatenate([np.asarray(v) for v in seconds.values()])
     print(f"Machine: {describe()}\n")
     if args.by_cluster:
-        cluster_table(np.asarray(sizes), np.concatenate([np.asarray(v) for v in seconds.values()]), args.by_cluster)
+        cluster_table(np.asarray(sizes), np.asarray(timed), args.by_cluster)
         return
     print("| element | spectra | median s | mean s | max s |\n|---|---:|---:|---:|---:|")
     for el in ELEMENTS:

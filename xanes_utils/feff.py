@@ -869,13 +869,14 @@ def _main(argv: list[str] | None = None) -> None:
             jobs, structures, sources, relax = read_plans(args.plan, args.limit)
         except ValueError as exc:
             parser.error(str(exc))
-        jobs = _within_cap(spread_families(jobs, sources), structures, args.max_cluster_atoms)
+        jobs = spread_families(jobs, sources)
         if args.elements:
             unknown = sorted(set(args.elements) - set(ELEMENTS))
             if unknown:
                 parser.error(f"--elements: {', '.join(unknown)} not among the supported elements "
                              f"({', '.join(ELEMENTS)})")
             jobs = [job for job in jobs if job.element in args.elements]
+        jobs = _within_cap(jobs, structures, args.max_cluster_atoms)  # after --elements: only their clusters
         try:
             counts = generate(jobs, structures, args.out, args.workers, stage_timeout=args.stage_timeout,
                               scheduler=args.scheduler, retry_failed=args.retry_failed, relax=relax)
